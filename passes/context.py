@@ -1,0 +1,214 @@
+"""Values flowing through the analysis and the context handed to rules."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.fx as fx
+
+from .axes import UNIT, AxisTable, Layout
+
+__all__ = ["TV", "IV", "SV", "OV", "RuleContext", "MISSING", "RuleError"]
+
+MISSING = object()
+
+
+class RuleError(Exception):
+    """A rule met an argument form it does not handle; the node is pinned instead."""
+
+
+@dataclass(eq=False)
+class TV:
+    """A tensor: static shape and one raw layout per dimension."""
+
+    shape: tuple
+    dims: tuple
+    source: Optional[int] = None  # id of the parameter tensor it was read from
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+@dataclass(eq=False)
+class IV:
+    """A Python int (or float/bool) computed in the graph.
+
+    ``read`` is set for a direct read of a tensor's size (``x.size(1)``,
+    ``x.shape[1]``); ``literal`` for a constant written in the graph.
+    """
+
+    value: Any
+    read: Optional[Layout] = None
+    literal: bool = False
+
+
+@dataclass(eq=False)
+class SV:
+    """A tuple/list/torch.Size of values."""
+
+    items: tuple
+    is_size: bool = False
+
+
+@dataclass(eq=False)
+class OV:
+    """Anything else (None, strings, dtypes, slices, opaque objects)."""
+
+    value: Any = None
+
+
+def _describe(node: fx.Node) -> str:
+    return f"{node.op} {node.name}"
+
+
+@dataclass(eq=False)
+class RuleContext:
+    """What a rule sees: its node, input values, the propagated output, and the axis table."""
+
+    analyzer: Any
+    node: fx.Node
+    out: Any  # the meta (or real) output of the node
+    module: Optional[torch.nn.Module] = None
+    edits: list = field(default_factory=list)
+    attrs: list = field(default_factory=list)
+    retarget: Any = None
+    size_read: Optional[Layout] = None
+
+    # -- arguments -----------------------------------------------------------
+    @property
+    def axes(self) -> AxisTable:
+        return self.analyzer.axes
+
+    @property
+    def where(self) -> str:
+        return _describe(self.node)
+
+    def has_arg(self, i: int, name: Optional[str] = None) -> bool:
+        return i < len(self.node.args) or (name is not None and name in self.node.kwargs)
+
+    def arg(self, i: int, name: Optional[str] = None, default: Any = MISSING) -> Any:
+        """Raw argument: positional ``i`` or keyword ``name``."""
+        if i < len(self.node.args):
+            return self.node.args[i]
+        if name is not None and name in self.node.kwargs:
+            return self.node.kwargs[name]
+        if default is MISSING:
+            raise RuleError(f"missing argument {name or i}")
+        return default
+
+    def path(self, i: int, name: Optional[str] = None) -> tuple:
+        if i < len(self.node.args):
+            return ("args", i)
+        if name is not None and name in self.node.kwargs:
+            return ("kwargs", name)
+        raise RuleError(f"missing argument {name or i}")
+
+    def v(self, raw: Any) -> Any:
+        """The analysis value of a raw argument (node, literal or container)."""
+        return self.analyzer.value_of(raw)
+
+    def tensor(self, i: int, name: Optional[str] = None, default: Any = MISSING) -> Optional[TV]:
+        raw = self.arg(i, name, None if default is not MISSING else MISSING)
+        val = self.v(raw)
+        if isinstance(val, TV):
+            return val
+        if default is not MISSING and raw is None:
+            return default
+        raise RuleError(f"argument {name or i} is not a tensor")
+
+    def const(self, i: int, name: Optional[str] = None, default: Any = MISSING) -> Any:
+        """A non-tensor argument's Python value (ints read from sizes included)."""
+        return to_python(self.v(self.arg(i, name, default)))
+
+    def dim(self, d: int, ndim: int) -> int:
+        if not -ndim <= d < max(ndim, 1):
+            raise RuleError(f"dim {d} out of range for {ndim}-d tensor")
+        return d % ndim if ndim else 0
+
+    # -- axes ------------------------------------------------------------------
+    def unify(self, l1: Layout, l2: Layout) -> bool:
+        return self.axes.unify(l1, l2, f"incompatible layouts at {self.where}")
+
+    def pin(self, layout: Layout, reason: Optional[str] = None) -> None:
+        self.axes.pin(layout, reason or f"pinned by {self.where}")
+
+    def pin_value(self, val: Any, reason: str) -> None:
+        for tv in iter_tensors(val):
+            for d in tv.dims:
+                self.axes.pin(d, reason)
+
+    def computed(self, size: int) -> Layout:
+        """A dimension the op computes (spatial output, pooled length): never pruned."""
+        return self.axes.fresh(size, pinned=f"computed by {self.where}", dynamic=True)
+
+    def fresh(self, size: int) -> Layout:
+        return self.axes.fresh(size)
+
+    def mixing(self, layout: Layout, what: str) -> None:
+        self.axes.mark_mixing(layout, f"{what} at {self.where}")
+
+    def contract(self, tv: TV, d: int) -> None:
+        """Dimension ``d`` of ``tv`` is contracted against an activation."""
+        if tv.source is not None:
+            self.analyzer.mark_consumer(tv.source, d)
+        else:
+            self.mixing(tv.dims[d], "contraction with a computed operand")
+
+    # -- outputs ---------------------------------------------------------------
+    def out_shape(self, out: Any = MISSING) -> tuple:
+        out = self.out if out is MISSING else out
+        if not isinstance(out, torch.Tensor):
+            raise RuleError("expected a tensor output")
+        return tuple(int(s) for s in out.shape)
+
+    def result(self, dims, out: Any = MISSING) -> TV:
+        shape = self.out_shape(out)
+        dims = tuple(dims)
+        if len(dims) != len(shape):
+            raise RuleError(f"rule produced {len(dims)} dims for a {len(shape)}-d output")
+        for d, n in zip(dims, shape):
+            if self.axes.layout_size(d) != n:
+                raise RuleError(f"rule produced a layout of size {self.axes.layout_size(d)} for size {n}")
+        return TV(shape, dims)
+
+    def module_param(self, name: str) -> Optional[TV]:
+        """A parameter/buffer of this ``call_module`` node's module, recorded as used."""
+        t = getattr(self.module, name, None)
+        if t is None:
+            return None
+        return self.analyzer.param_value(self.node, f"{self.node.target}.{name}", t)
+
+    # -- rewrite instructions ----------------------------------------------------
+    def edit(self, path: tuple, layouts: Any, kind: str = "size") -> None:
+        self.edits.append((path, layouts, kind))
+
+    def set_attr(self, name: str, layouts: Any) -> None:
+        self.attrs.append((name, layouts))
+
+
+def iter_tensors(val: Any):
+    if isinstance(val, TV):
+        yield val
+    elif isinstance(val, SV):
+        for item in val.items:
+            yield from iter_tensors(item)
+    elif isinstance(val, dict):
+        for item in val.values():
+            yield from iter_tensors(item)
+
+
+def to_python(val: Any) -> Any:
+    if isinstance(val, IV):
+        return val.value
+    if isinstance(val, OV):
+        return val.value
+    if isinstance(val, SV):
+        return tuple(to_python(v) for v in val.items)
+    if isinstance(val, dict):
+        return {k: to_python(v) for k, v in val.items()}
+    raise RuleError("expected a constant, got a tensor")
+
+
+__all__ += ["iter_tensors", "to_python", "UNIT"]

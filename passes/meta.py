@@ -1,0 +1,102 @@
+"""Channel metadata the analysis pass writes on ``fx.Node.meta``.
+
+Analysis and rewrite talk only through these frozen records, stored under
+``node.meta[META_KEY]`` and read through :func:`get_channel_meta`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch.fx as fx
+
+from .axes import DimLayout
+
+__all__ = [
+    "META_KEY",
+    "TensorLayout",
+    "ParamUse",
+    "ArgEdit",
+    "ChannelMeta",
+    "SizeRead",
+    "get_channel_meta",
+    "MissingAnalysisError",
+]
+
+META_KEY = "fxprune"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorLayout:
+    """The resolved layout of every dimension of one tensor value."""
+
+    shape: tuple
+    dims: tuple  # tuple[DimLayout, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ParamUse:
+    """A parameter, buffer or tensor attribute read by a node.
+
+    ``target`` is the attribute's qualified name on the root module;
+    ``consumer_dims`` are the dimensions contracted against an activation
+    (the removal oracle zeroes them).
+    """
+
+    target: str
+    dims: tuple  # tuple[DimLayout, ...]
+    consumer_dims: frozenset = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class ArgEdit:
+    """A size literal the rewrite recomputes.
+
+    ``path`` indexes into ``(node.args, node.kwargs)``: ``("args", 1, 2)`` is
+    the third element of the second positional argument. ``layouts`` is one
+    DimLayout (the new value is its new size) or a tuple of them (a list of
+    sizes). ``offset`` marks slice starts: the value is the new size of the
+    segments before it.
+    """
+
+    path: tuple
+    layouts: Any
+    kind: str = "size"  # "size" | "sizes" | "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class SizeRead:
+    """A size read at run time (``x.shape[1]``): the dimension and its original value."""
+
+    layout: DimLayout
+    value: int
+
+
+@dataclass(frozen=True)
+class ChannelMeta:
+    """Everything the rewrite needs to know about one node."""
+
+    rule: str
+    value: Any = None  # TensorLayout, tuple of values, SizeRead, or None
+    params: tuple = ()  # tuple[ParamUse, ...]
+    arg_edits: tuple = ()  # tuple[ArgEdit, ...]
+    attr_edits: tuple = ()  # tuple[(attr name, DimLayout | tuple[DimLayout]), ...]
+    retarget: Optional[Any] = None
+    size_read: Optional[SizeRead] = None
+    notes: tuple = field(default=())
+
+
+class MissingAnalysisError(RuntimeError):
+    pass
+
+
+def get_channel_meta(node: fx.Node) -> ChannelMeta:
+    """The analysis metadata of ``node``; raises if the analysis pass has not run."""
+    try:
+        return node.meta[META_KEY]
+    except KeyError:
+        raise MissingAnalysisError(
+            f"node {node.format_node()} has no '{META_KEY}' metadata: run the channel "
+            "analysis pass (fxprune.passes.ChannelAnalysis or fxprune.analyze) on this "
+            "exact graph before the rewrite pass"
+        ) from None

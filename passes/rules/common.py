@@ -1,0 +1,78 @@
+"""Helpers shared by rule modules."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..axes import UNIT
+from ..context import IV, SV, TV, RuleContext, RuleError
+
+__all__ = ["broadcast", "passthrough", "tensors_in", "dims_arg", "pin_mixed_dynamic", "size_arg_edit"]
+
+
+def tensors_in(ctx: RuleContext) -> list:
+    out = []
+    for raw in (*ctx.node.args, *ctx.node.kwargs.values()):
+        val = ctx.v(raw)
+        if isinstance(val, TV):
+            out.append(val)
+        elif isinstance(val, SV):
+            out.extend(v for v in val.items if isinstance(v, TV))
+    return out
+
+
+def broadcast(ctx: RuleContext, tvs: Sequence[TV]) -> TV:
+    """Element-wise semantics: equal the axes of all operands, aligned from the right."""
+    shape = ctx.out_shape()
+    nd = len(shape)
+    dims = []
+    for i in range(nd):
+        layouts = [tv.dims[j] for tv in tvs if (j := i - (nd - tv.ndim)) >= 0 and tv.shape[j] != 1]
+        if not layouts:
+            dims.append(ctx.axes.fresh(shape[i]) if shape[i] != 1 else UNIT)
+            continue
+        for other in layouts[1:]:
+            ctx.unify(layouts[0], other)
+        dims.append(layouts[0])
+    return ctx.result(dims)
+
+
+def passthrough(ctx: RuleContext) -> TV:
+    """The output carries the axes of the first tensor argument unchanged."""
+    x = ctx.tensor(0, "input")
+    if ctx.out_shape() != x.shape:
+        raise RuleError("shape changed by a pass-through op")
+    return ctx.result(x.dims)
+
+
+def dims_arg(ctx: RuleContext, raw, ndim: int) -> list:
+    """Normalize an int / sequence / None ``dim`` argument to sorted positive dims."""
+    if raw is None:
+        return list(range(ndim))
+    val = ctx.v(raw)
+    items = val.items if isinstance(val, SV) else (val,)
+    dims = []
+    for item in items:
+        if not isinstance(item, IV):
+            raise RuleError("dim is not an int")
+        dims.append(ctx.dim(int(item.value), ndim))
+    return sorted(set(dims))
+
+
+def pin_mixed_dynamic(ctx: RuleContext, layout) -> None:
+    """A run-time size of a dimension mixing prunable and dynamic axes cannot be rewritten: pin."""
+    axes = ctx.axes
+    atoms = axes.atoms(layout)
+    if any(axes.is_dynamic(a) for a in atoms):
+        static = [a for a in atoms if not axes.is_dynamic(a)]
+        if static:
+            ctx.pin(tuple((a,) for a in static), f"run-time size mixes prunable and dynamic axes at {ctx.where}")
+
+
+def size_arg_edit(ctx: RuleContext, path: tuple, raw, layout) -> None:
+    """Record that the size argument at ``path`` describes ``layout`` (unless it is -1)."""
+    val = ctx.v(raw)
+    if isinstance(val, IV) and val.literal and val.value == -1:
+        return
+    if isinstance(val, IV) and not val.literal:
+        pin_mixed_dynamic(ctx, layout)
+    ctx.edit(path, layout)
