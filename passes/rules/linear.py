@@ -40,6 +40,8 @@ def conv_core(ctx: RuleContext, x: TV, w: TV, b: Optional[TV], groups: int, tran
         ctx.unify(w.dims[0], axes.product(g_layout, out_per_group))
         out = w.dims[0]
     ctx.contract(w, w_in)
+    for d in w.dims[2:]:
+        ctx.pin(d, "convolution kernel dimension")
     if b is not None:
         ctx.unify(b.dims[0], out)
     shape = ctx.out_shape()

@@ -1,0 +1,136 @@
+"""The public verbs: analyze and apply."""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Union
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from fxprune.passes import analyze_graph, rewrite_graph
+
+from .capture import capture
+from .errors import GroupMismatchError, KeepIndicesError
+from .graph import DependencyGraph, Group
+
+__all__ = ["analyze", "apply"]
+
+
+def _as_inputs(example_inputs) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if not isinstance(example_inputs, (tuple, list)):
+        raise TypeError("example_inputs must be a tuple of positional arguments, e.g. (torch.randn(1, 3, 224, 224),)")
+    return tuple(example_inputs)
+
+
+def _check_leaves(model: nn.Module, leaf_modules: Iterable) -> list:
+    leaves = list(leaf_modules)
+    for leaf in leaves:
+        if isinstance(leaf, str):
+            try:
+                model.get_submodule(leaf)
+            except AttributeError:
+                raise ValueError(
+                    f"leaf_modules names '{leaf}', which is not a submodule of {type(model).__name__}; "
+                    "use a name from model.named_modules()"
+                ) from None
+        elif not isinstance(leaf, type):
+            raise TypeError(f"leaf_modules entries are qualified names or module types, got {leaf!r}")
+    return leaves
+
+
+def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable = ()) -> DependencyGraph:
+    """Find the groups of coupled channels of ``model``.
+
+    Args:
+        model: an ``nn.Module`` (captured with ``torch.fx.symbolic_trace``) or an
+            ``fx.GraphModule`` (parameters may be ``get_attr`` nodes, or placeholders
+            fed ``nn.Parameter`` example inputs as ``torch.compile`` does). Never modified.
+        example_inputs: tuple of positional inputs; only shapes and dtypes are used.
+        leaf_modules: qualified names or types of modules to keep opaque (pinned).
+
+    Returns:
+        A :class:`DependencyGraph`.
+
+    Example::
+
+        >>> import torch, fxprune
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
+        ...                           torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3))
+        >>> dg = fxprune.analyze(net, (torch.randn(1, 3, 16, 16),))
+        >>> dg.groups
+        [Group(G0, size=8, members=[0.weight[0], 0.bias[0], 1.weight[0], +4 more])]
+    """
+    inputs = _as_inputs(example_inputs)
+    leaves = _check_leaves(model, leaf_modules)
+    cap = capture(model, inputs, leaves)
+    result = analyze_graph(cap.gm, cap.inputs)
+    return DependencyGraph(result, cap.front_end, type(model).__name__, cap.lifted)
+
+
+def _keep_tensor(group: Group, keep) -> torch.Tensor:
+    fix = f"pass distinct integers in range({group.size}) for {group.name}, in the order to keep them"
+    if isinstance(keep, torch.Tensor):
+        if keep.dtype.is_floating_point or keep.dtype == torch.bool or keep.dim() != 1:
+            raise KeepIndicesError(f"keep-indices for {group.name} must be a 1-D integer tensor, got "
+                                   f"{keep.dim()}-D {keep.dtype}; {fix}")
+        idx = keep.to(torch.long).cpu()
+    else:
+        items = list(keep)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+            raise KeepIndicesError(f"keep-indices for {group.name} must be integers; {fix}")
+        idx = torch.tensor(items, dtype=torch.long)
+    if idx.numel() == 0:
+        raise KeepIndicesError(f"keep-indices for {group.name} are empty: a group keeps at least one "
+                               f"coordinate; {fix}")
+    bad = idx[(idx < 0) | (idx >= group.size)]
+    if bad.numel():
+        raise KeepIndicesError(f"keep-indices {bad.tolist()[:5]} for {group.name} are out of range "
+                               f"(size {group.size}); {fix}")
+    if torch.unique(idx).numel() != idx.numel():
+        dup = [v for v in torch.unique(idx).tolist() if int((idx == v).sum()) > 1]
+        raise KeepIndicesError(f"keep-indices for {group.name} repeat {dup[:5]}; {fix}")
+    return idx
+
+
+def _resolve_group(dg: DependencyGraph, key: Union[Group, int]) -> Group:
+    if isinstance(key, bool) or not isinstance(key, (Group, int)):
+        raise TypeError(f"keep is keyed by Group (or its index in dg.groups), got {type(key).__name__}")
+    if isinstance(key, int):
+        if not 0 <= key < len(dg.groups):
+            raise GroupMismatchError(f"group index {key} is out of range: this graph has "
+                                     f"{len(dg.groups)} groups (dg.groups)")
+        return dg.groups[key]
+    if key.graph is not dg:
+        raise GroupMismatchError(
+            f"{key.name} belongs to another DependencyGraph ({key.graph!r}), not {dg!r}; "
+            "use the groups of the graph you apply to (dg.groups), or re-run fxprune.analyze")
+    return key
+
+
+def apply(dg: DependencyGraph, keep: Mapping) -> fx.GraphModule:
+    """Emit the pruned model: a new ``fx.GraphModule``.
+
+    Args:
+        dg: the result of :func:`analyze`.
+        keep: ``{group: indices}``; indices are distinct ints in ``range(group.size)``
+            in the order they must appear. Groups not named keep every coordinate.
+
+    Returns:
+        A new ``torch.fx.GraphModule``; the analysed model is not modified.
+
+    Example::
+
+        >>> import torch, fxprune
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> dg = fxprune.analyze(net, (torch.randn(1, 4),))
+        >>> small = fxprune.apply(dg, {dg.groups[0]: [7, 1, 2]})
+        >>> small[0]
+        Linear(in_features=4, out_features=3, bias=True)
+    """
+    atoms = {}
+    for key, idx in keep.items():
+        group = _resolve_group(dg, key)
+        atoms[group.atom] = _keep_tensor(group, idx)
+    return rewrite_graph(dg.gm, atoms)

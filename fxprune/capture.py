@@ -1,0 +1,119 @@
+"""Capture front-ends: an nn.Module or GraphModule becomes the GraphModule the passes analyse."""
+from __future__ import annotations
+
+import os
+import traceback
+from typing import Iterable, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .errors import CaptureError
+
+__all__ = ["capture", "Captured"]
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+class Captured:
+    """A captured graph, which front-end made it, and the inputs it takes."""
+
+    def __init__(self, gm: fx.GraphModule, front_end: str, inputs: tuple, lifted: Sequence[int] = ()):
+        self.gm, self.front_end, self.inputs, self.lifted = gm, front_end, inputs, tuple(lifted)
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaves: Iterable):
+        super().__init__()
+        self.leaf_names = {x for x in leaves if isinstance(x, str)}
+        self.leaf_types = tuple(x for x in leaves if isinstance(x, type))
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if qualname in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def _user_frame(exc: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f"\n  at {f.filename}:{f.lineno}, in {f.name}: `{(f.line or '').strip()}`"
+
+
+def _trace(model: nn.Module, leaves: Iterable) -> fx.GraphModule:
+    tracer = _Tracer(leaves)
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:
+        stack = list(getattr(tracer, "module_stack", {}).items())
+        path, kind = (stack[-1] if stack else ("", type(model)))
+        where = f"module '{path}' ({getattr(kind, '__name__', kind)})" if path else f"{type(model).__name__}.forward"
+        hint = f"leaf_modules=['{path}']" if path else "leaf_modules=[<the module's qualified name or type>]"
+        raise CaptureError(
+            f"torch.fx.symbolic_trace cannot capture {type(model).__name__}: {type(e).__name__}: {e}\n"
+            f"  while tracing {where}{_user_frame(e)}\n"
+            f"Fix: keep that module out of the graph with fxprune.analyze(model, inputs, {hint}) "
+            "(its channels are then pinned), or rewrite the data-dependent Python in its forward."
+        ) from e
+    name = model.__class__.__name__
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+def _source_name(node: fx.Node) -> str:
+    source = getattr(node.meta.get("grapharg"), "source", None)
+    try:
+        return source.name() if source is not None else ""
+    except Exception:
+        return str(source)
+
+
+def _is_param_input(node: fx.Node, example) -> bool:
+    """Placeholders that are parameters/buffers (dynamo lifts them into inputs)."""
+    if isinstance(example, nn.Parameter):
+        return True
+    name = _source_name(node)
+    return "_parameters" in name or "_buffers" in name
+
+
+def _copy_graph(gm: fx.GraphModule) -> fx.Graph:
+    graph = fx.Graph(owning_module=gm)
+    out = graph.graph_copy(gm.graph, {})
+    graph.output(out)
+    graph._codegen = gm.graph._codegen
+    return graph
+
+
+def _from_graph_module(gm: fx.GraphModule, inputs: tuple) -> Captured:
+    graph = _copy_graph(gm)
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    lifted = [i for i, (n, x) in enumerate(zip(placeholders, inputs)) if _is_param_input(n, x)]
+    if not lifted:
+        return Captured(fx.GraphModule(gm, graph, gm.__class__.__name__), "GraphModule", inputs)
+    root = nn.Module()
+    for k, i in enumerate(lifted):
+        node, t = placeholders[i], inputs[i]
+        name = f"_lifted_{k}_{node.name}"
+        if isinstance(t, nn.Parameter):
+            root.register_parameter(name, t)
+        else:
+            root.register_buffer(name, t)
+        with graph.inserting_before(node):
+            attr = graph.get_attr(name)
+        node.replace_all_uses_with(attr)
+        graph.erase_node(node)
+    for name, sub in gm.named_children():
+        root.add_module(name, sub)
+    rest = tuple(x for i, x in enumerate(inputs) if i not in set(lifted))
+    return Captured(fx.GraphModule(root, graph, gm.__class__.__name__), "GraphModule (parameters lifted from inputs)", rest, lifted)
+
+
+def capture(model: nn.Module, example_inputs: tuple, leaf_modules: Iterable = ()) -> Captured:
+    """Capture ``model`` as a GraphModule the analysis can annotate without touching ``model``."""
+    if isinstance(model, fx.GraphModule):
+        return _from_graph_module(model, tuple(example_inputs))
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected an nn.Module or fx.GraphModule, got {type(model).__name__}")
+    return Captured(_trace(model, leaf_modules), "torch.fx.symbolic_trace", tuple(example_inputs))
