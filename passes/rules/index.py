@@ -132,7 +132,7 @@ def _slice_dim(ctx: RuleContext, x: TV, d: int, sl: slice, path: tuple):
     pre, mid, _ = _pieces(ctx, x, d, [s, e - s, n - e])
     if any(isinstance(v, IV) and not v.literal for v in vals):
         pin_mixed_dynamic(ctx, x.dims[d])
-    ctx.edit(path, (pre, mid), kind="slice")
+    ctx.edit(path, [pre, mid], kind="slice")
     return mid
 
 
