@@ -126,7 +126,7 @@ def apply(dg: DependencyGraph, keep: Mapping) -> fx.GraphModule:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         >>> dg = fxprune.analyze(net, (torch.randn(1, 4),))
         >>> small = fxprune.apply(dg, {dg.groups[0]: [7, 1, 2]})
-        >>> small[0]
+        >>> small.get_submodule("0")
         Linear(in_features=4, out_features=3, bias=True)
     """
     atoms = {}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import traceback
+import warnings
 from typing import Iterable, Sequence
 
 import torch
@@ -28,6 +29,13 @@ class _Tracer(fx.Tracer):
         super().__init__()
         self.leaf_names = {x for x in leaves if isinstance(x, str)}
         self.leaf_types = tuple(x for x in leaves if isinstance(x, type))
+        self.path_stack: list = []
+
+    def call_module(self, m, forward, args, kwargs):
+        self.path_stack.append((self.path_of_module(m), type(m)))
+        out = super().call_module(m, forward, args, kwargs)
+        self.path_stack.pop()  # left in place when tracing fails: names the culprit
+        return out
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
@@ -48,8 +56,7 @@ def _trace(model: nn.Module, leaves: Iterable) -> fx.GraphModule:
     try:
         graph = tracer.trace(model)
     except Exception as e:
-        stack = list(getattr(tracer, "module_stack", {}).items())
-        path, kind = (stack[-1] if stack else ("", type(model)))
+        path, kind = tracer.path_stack[-1] if tracer.path_stack else ("", type(model))
         where = f"module '{path}' ({getattr(kind, '__name__', kind)})" if path else f"{type(model).__name__}.forward"
         hint = f"leaf_modules=['{path}']" if path else "leaf_modules=[<the module's qualified name or type>]"
         raise CaptureError(
@@ -74,8 +81,9 @@ def _is_param_input(node: fx.Node, example) -> bool:
     """Placeholders that are parameters/buffers (dynamo lifts them into inputs)."""
     if isinstance(example, nn.Parameter):
         return True
-    name = _source_name(node)
-    return "_parameters" in name or "_buffers" in name
+    # dynamo's GraphArg source while compiling; its placeholder names afterwards
+    name = _source_name(node) or str(node.target)
+    return any(k in name for k in ("_parameters", "_buffers", "parameters_", "buffers_"))
 
 
 def _copy_graph(gm: fx.GraphModule) -> fx.Graph:
@@ -100,7 +108,8 @@ def _from_graph_module(gm: fx.GraphModule, inputs: tuple) -> Captured:
             root.register_parameter(name, t)
         else:
             root.register_buffer(name, t)
-        with graph.inserting_before(node):
+        with graph.inserting_before(node), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the owning module is built right after
             attr = graph.get_attr(name)
         node.replace_all_uses_with(attr)
         graph.erase_node(node)
