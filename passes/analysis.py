@@ -82,6 +82,7 @@ class _Analyzer(fx.Interpreter):
         self.uses: dict[fx.Node, list] = defaultdict(list)
         self.consumers: dict[int, set] = defaultdict(set)
         self.unknown: list = []
+        self.on_meta = False
 
     # -- values -------------------------------------------------------------
     def value_of(self, raw: Any) -> Any:
@@ -123,9 +124,33 @@ class _Analyzer(fx.Interpreter):
         self.consumers[key].add(dim)
 
     # -- interpretation -------------------------------------------------------
+    def _shortcut(self, n: fx.Node) -> Any:
+        """The meta output of a shape-preserving or broadcasting op, without running it."""
+        if not self.on_meta or n.op not in ("call_module", "call_function", "call_method"):
+            return None
+        kind = registry.shape_kind(n, self.fetch_attr(n.target) if n.op == "call_module" else None)
+        if kind is None:
+            return None
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if not tensors or any(t.device.type != "meta" for t in tensors):
+            return None
+        if kind == "same":
+            return tensors[0] if isinstance(args[0], torch.Tensor) else None
+        operands = [a for a in args[:2] if isinstance(a, (torch.Tensor, int, float, bool))]
+        if len(operands) != min(len(args), 2) or kwargs.get("rounding_mode") is not None:
+            return None
+        dtype = torch.result_type(*operands) if len(operands) == 2 else tensors[0].dtype
+        if not dtype.is_floating_point:
+            return None
+        shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+        return torch.empty(shape, dtype=dtype, device="meta")
+
     def run_node(self, n: fx.Node) -> Any:
         try:
-            out = super().run_node(n)
+            out = self._shortcut(n)
+            if out is None:
+                out = super().run_node(n)
         except Exception as e:
             raise ShapePropagationError(f"shape propagation failed at {n.format_node()}: {e}") from e
         self.values[n] = self._analyze(n, out)
@@ -174,6 +199,7 @@ def _to_meta(x: Any) -> Any:
 def _propagate(gm: fx.GraphModule, example_inputs: tuple) -> tuple[_Analyzer, str]:
     try:
         analyzer = _Analyzer(meta_clone(gm), gm.graph)
+        analyzer.on_meta = True
         analyzer.run(*tree_map(_to_meta, tuple(example_inputs)))
         return analyzer, "meta"
     except ShapePropagationError as meta_error:
@@ -214,40 +240,50 @@ def _resolve_layouts(axes: AxisTable, layouts: Any) -> Any:
     return axes.resolve(layouts)
 
 
+def _has_tensor(val: Any) -> bool:
+    if isinstance(val, TV):
+        return True
+    return isinstance(val, SV) and any(_has_tensor(v) for v in val.items)
+
+
 def _node_meta(an: _Analyzer, n: fx.Node) -> ChannelMeta:
-    axes = an.axes
+    axes, val = an.axes, an.values.get(n)
     params = tuple(
         ParamUse(target, tuple(axes.resolve(d) for d in an.param_layouts[key]), frozenset(an.consumers.get(key, ())))
         for target, key in an.uses.get(n, ())
     )
+    common = dict(produces_tensor=_has_tensor(val), params=params,
+                  resolver=(lambda: _resolve_value(axes, val)) if _has_tensor(val) else None)
     ctx = an.contexts.get(n)
-    rule = "unknown" if ctx is None and n.op.startswith("call") else n.op
     if ctx is None:
-        return ChannelMeta(rule=rule, value=_resolve_value(axes, an.values.get(n)), params=params)
+        return ChannelMeta(rule="unknown" if n.op.startswith("call") else n.op, **common)
     return ChannelMeta(
         rule=registry.rule_name(n, ctx.module),
-        value=_resolve_value(axes, an.values.get(n)),
-        params=params,
         arg_edits=tuple(ArgEdit(p, _resolve_layouts(axes, l), k) for p, l, k in ctx.edits),
         attr_edits=tuple((name, _resolve_layouts(axes, l)) for name, l in ctx.attrs),
         retarget=ctx.retarget,
-        size_read=None if ctx.size_read is None else SizeRead(axes.resolve(ctx.size_read), an.values[n].value),
+        size_read=None if ctx.size_read is None else SizeRead(axes.resolve(ctx.size_read), val.value),
+        **common,
     )
 
 
 def _finalize(gm: fx.GraphModule, an: _Analyzer, mode: str) -> AnalysisResult:
-    groups, members, pinned = [], defaultdict(list), {}
+    members: dict = defaultdict(dict)  # atom -> {(target, dim): None}, insertion-ordered
+    seen: set = set()
     for n in gm.graph.nodes:
         meta = _node_meta(an, n)
         n.meta[META_KEY] = meta
         for use in meta.params:
+            if use.target in seen:
+                continue
+            seen.add(use.target)
             for d, layout in enumerate(use.dims):
                 for atom in iter_atoms(layout):
-                    if (use.target, d) in members[atom.id]:
-                        continue
-                    members[atom.id].append((use.target, d))
-                    if an.axes.is_pinned(atom.id):
-                        pinned.setdefault(atom.id, an.axes.pin_reasons(atom.id))
-                    elif atom.size > 1 and atom.id not in groups:
-                        groups.append(atom.id)
-    return AnalysisResult(gm, an.axes, groups, dict(members), pinned, an.unknown, mode)
+                    members[atom.id][(use.target, d)] = None
+    groups, pinned = [], {}
+    for atom, refs in members.items():
+        if an.axes.is_pinned(atom):
+            pinned[atom] = an.axes.pin_reasons(atom)
+        elif an.axes.size(atom) > 1:
+            groups.append(atom)
+    return AnalysisResult(gm, an.axes, groups, {a: list(r) for a, r in members.items()}, pinned, an.unknown, mode)

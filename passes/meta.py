@@ -6,7 +6,8 @@ Analysis and rewrite talk only through these frozen records, stored under
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from functools import cached_property
+from typing import Any, Callable, Optional
 
 import torch.fx as fx
 
@@ -74,16 +75,26 @@ class SizeRead:
 
 @dataclass(frozen=True)
 class ChannelMeta:
-    """Everything the rewrite needs to know about one node."""
+    """Everything the rewrite needs to know about one node.
+
+    ``value`` (the TensorLayout of the output, a tuple of them, or None for
+    Python values) is resolved on first access; ``produces_tensor`` says
+    whether there is one without resolving it.
+    """
 
     rule: str
-    value: Any = None  # TensorLayout, tuple of values, SizeRead, or None
+    produces_tensor: bool = False
     params: tuple = ()  # tuple[ParamUse, ...]
     arg_edits: tuple = ()  # tuple[ArgEdit, ...]
     attr_edits: tuple = ()  # tuple[(attr name, DimLayout | tuple[DimLayout]), ...]
     retarget: Optional[Any] = None
     size_read: Optional[SizeRead] = None
     notes: tuple = field(default=())
+    resolver: Optional[Callable[[], Any]] = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def value(self) -> Any:
+        return None if self.resolver is None else self.resolver()
 
 
 class MissingAnalysisError(RuntimeError):

@@ -20,9 +20,11 @@ from typing import Any, Callable, Optional
 import torch.fx as fx
 import torch.nn as nn
 
-__all__ = ["register", "method", "lookup", "rule_name", "registered_keys", "qualname"]
+__all__ = ["register", "method", "lookup", "rule_name", "registered_keys", "qualname",
+           "declare_shape", "shape_kind"]
 
 _RULES: dict[Any, Callable] = {}
+_SHAPES: dict[Any, str] = {}  # key -> "same" | "broadcast": output shape known without running the op
 
 
 def method(name: str) -> tuple:
@@ -47,6 +49,26 @@ def register(*keys: Any) -> Callable[[Callable], Callable]:
         return fn
 
     return deco
+
+
+def declare_shape(kind: str, *keys: Any) -> None:
+    """Declare that ops output their input's shape ("same") or the operands' broadcast
+    shape ("broadcast"), so shape propagation need not run them on meta tensors."""
+    if kind not in ("same", "broadcast"):
+        raise ValueError(f"unknown shape kind {kind!r}")
+    for key in keys:
+        _SHAPES[key] = kind
+
+
+def shape_kind(node: fx.Node, module: Optional[nn.Module] = None) -> Optional[str]:
+    if node.op == "call_module":
+        return _SHAPES.get(type(module))
+    if node.op == "call_method":
+        return _SHAPES.get(method(node.target))
+    try:
+        return _SHAPES.get(node.target)
+    except TypeError:
+        return None
 
 
 def registered_keys() -> list:

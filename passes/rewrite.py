@@ -108,15 +108,9 @@ def _freeze(node: fx.Node, original: int) -> None:
         user.kwargs = map_aggregate(user.kwargs, lambda a: original if a is node else a)
 
 
-def _has_tensor(value: Any) -> bool:
-    if isinstance(value, tuple):
-        return any(_has_tensor(v) for v in value)
-    return value is not None
-
-
 def _python_valued(node: fx.Node, meta) -> bool:
     """Nodes computing Python values (sizes and arithmetic on them): free of side effects."""
-    return node.op in ("call_function", "call_method") and meta.rule != "unknown" and not _has_tensor(meta.value)
+    return node.op in ("call_function", "call_method") and meta.rule != "unknown" and not meta.produces_tensor
 
 
 def _erase_dead_size_arithmetic(graph: fx.Graph, candidates: set) -> None:

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..context import TV, RuleContext, RuleError
-from ..registry import register
+from ..registry import declare_shape, register
 
 __all__ = ["batch_norm", "group_norm", "layer_norm"]
 
@@ -37,6 +37,11 @@ def batch_norm_module(ctx: RuleContext) -> TV:
     out = _channel_params(ctx, x, [ctx.module_param(n) for n in names])
     ctx.set_attr("num_features", x.dims[1 if x.ndim > 1 else 0])
     return out
+
+
+declare_shape("same", nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
+              nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm, F.batch_norm,
+              F.instance_norm, F.group_norm, F.layer_norm, F.rms_norm)
 
 
 def group_norm_core(ctx: RuleContext, x: TV, groups: int, w, b):

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..context import IV, OV, SV, TV, RuleContext
-from ..registry import method, register
+from ..registry import declare_shape, method, register
 from .common import broadcast, passthrough, tensors_in
 
 # Ops whose output carries the axes of their first tensor argument unchanged.
@@ -37,6 +37,9 @@ PASSTHROUGH_MODULES = [
     nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Threshold, nn.Hardshrink, nn.Softshrink,
 ]
 register(*PASSTHROUGH_FUNCTIONS, *map(method, PASSTHROUGH_METHODS), *PASSTHROUGH_MODULES)(passthrough)
+_DTYPE_CHANGING = {"float", "double", "half", "bfloat16", "to", "type", "type_as", "cpu", "cuda"}
+declare_shape("same", *(f for f in PASSTHROUGH_FUNCTIONS if not isinstance(f, str)), *PASSTHROUGH_MODULES,
+              *(method(m) for m in PASSTHROUGH_METHODS if m not in _DTYPE_CHANGING))
 
 ELEMENTWISE_FUNCTIONS = [
     torch.add, torch.sub, torch.mul, torch.div, torch.true_divide, torch.floor_divide,
@@ -58,6 +61,11 @@ ELEMENTWISE_OPERATORS = [
     operator.ge, operator.iadd, operator.isub, operator.imul, operator.itruediv,
     builtins.min, builtins.max,
 ]
+
+
+ARITHMETIC = [torch.add, torch.sub, torch.mul, operator.add, operator.sub, operator.mul, operator.truediv,
+              torch.div, *map(method, ["add", "sub", "mul", "div", "add_", "mul_", "sub_", "div_"])]
+declare_shape("broadcast", *ARITHMETIC)
 
 
 @register(*ELEMENTWISE_FUNCTIONS, *map(method, ELEMENTWISE_METHODS), *ELEMENTWISE_OPERATORS)
