@@ -1,0 +1,95 @@
+"""Model-zoo helpers for the tests and benchmarks (torchvision models).
+
+The torchvision wheel in some environments is a CUDA build sitting on a CPU-only
+torch: its C++ extension does not load, so ``torchvision::nms``/``qnms`` are never
+defined and ``import torchvision`` fails while registering their meta kernels.
+:func:`import_torchvision` defines the two schemas (and nothing else) when, and
+only when, that happens. This shim lives here, never in the library.
+"""
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+
+__all__ = ["import_torchvision", "model_names", "build", "input_size", "third_removed_keep", "param_count"]
+
+_SHIM_SCHEMAS = {
+    "nms": "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms": "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+}
+_shimmed = False
+
+
+def _define_shim() -> None:
+    global _shimmed
+    if _shimmed:
+        return
+    for name, schema in _SHIM_SCHEMAS.items():
+        try:
+            torch.library.define(f"torchvision::{name}", schema)
+        except RuntimeError:  # already defined (by torchvision's extension or an earlier call)
+            pass
+    _shimmed = True
+
+
+def import_torchvision():
+    """Return the ``torchvision`` module, applying the nms schema shim if its extension is missing.
+
+    Inside pytest, a missing torchvision skips the calling test (module) instead of failing.
+    """
+    try:
+        import torchvision  # noqa: F401
+    except ImportError as e:
+        if "pytest" in sys.modules:
+            import pytest
+            pytest.skip(f"torchvision is not installed: {e}", allow_module_level=True)
+        raise
+    except RuntimeError as e:
+        if "torchvision::" not in str(e):
+            raise
+        for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[mod]
+        _define_shim()
+        import torchvision  # noqa: F811
+    return sys.modules["torchvision"]
+
+
+def model_names() -> list:
+    """Every torchvision classification and segmentation model name."""
+    tv = import_torchvision()
+    M = tv.models
+    return M.list_models(module=M) + M.list_models(module=M.segmentation)
+
+
+def input_size(name: str) -> int:
+    """Smallest convenient square input side for ``name``."""
+    if name.startswith(("vit_", "swin", "maxvit")):
+        return 224  # fixed positional embeddings / window partitions
+    if name.startswith("inception"):
+        return 75  # inception_v3's minimum
+    return 64
+
+
+def build(name: str, dtype=torch.float32):
+    """Build ``name`` with ``weights=None`` in eval mode (googlenet/inception without aux heads)."""
+    tv = import_torchvision()
+    kw = {"weights": None}
+    if name.startswith("inception") or name == "googlenet":
+        kw.update(aux_logits=False, init_weights=False)
+    if name.startswith(("fcn_", "deeplabv3_")):
+        kw.update(weights_backbone=None, aux_loss=False)
+    elif name.startswith("lraspp"):
+        kw.update(weights_backbone=None)
+    torch.manual_seed(0)
+    return tv.models.get_model_builder(name)(**kw).to(dtype).eval()
+
+
+def third_removed_keep(dg) -> dict:
+    """Keep the first ceil(2/3 * size) coordinates of every group."""
+    return {g: list(range(math.ceil(2 * g.size / 3))) for g in dg.groups}
+
+
+def param_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
