@@ -79,6 +79,9 @@ def arg_reduction(ctx: RuleContext):
         if o.ndim == x.ndim:
             vals.append(ctx.result([ctx.computed(o.shape[d]) if d in dims else x.dims[d]
                                     for d in range(x.ndim)], out=o))
-        else:
+        elif o.ndim == x.ndim - len(dims):  # argmax(dim) without keepdim: the dim is gone
+            vals.append(ctx.result([x.dims[d] for d in range(x.ndim) if d not in dims], out=o))
+        else:  # the output's axes are fresh: the input's must not be pruned under it
+            ctx.pin_value(x, f"coordinate-dependent op at {ctx.where}")
             vals.append(ctx.analyzer.from_output(o, f"output of {ctx.where}"))
     return vals[0] if isinstance(ctx.out, torch.Tensor) else SV(tuple(vals))

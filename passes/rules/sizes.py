@@ -41,7 +41,12 @@ def size(ctx: RuleContext):
 @register(builtins.getattr)
 def tensor_getattr(ctx: RuleContext):
     obj, name = ctx.v(ctx.arg(0)), ctx.const(1)
+    if isinstance(obj, SV):  # a field of a named tuple: ``torch.max(x, 1).values``
+        item = _field(ctx, obj)
+        if item is not None:
+            return item
     if not isinstance(obj, TV):
+        ctx.pin_value(obj, f"opaque attribute at {ctx.where}")  # the output's axes are fresh
         return ctx.analyzer.from_output(ctx.out, f"opaque attribute at {ctx.where}")
     if name == "shape":
         return _whole_size(obj)
@@ -52,6 +57,17 @@ def tensor_getattr(ctx: RuleContext):
     if isinstance(ctx.out, torch.Tensor):
         raise RuleError(f"tensor attribute {name!r}")
     return IV(ctx.out) if isinstance(ctx.out, (int, float, bool)) else OV(ctx.out)
+
+
+def _field(ctx: RuleContext, obj: SV):
+    """The item of a named tuple (``return_types.max``) that an attribute read returns."""
+    real = ctx.analyzer.env.get(ctx.arg(0))
+    if not isinstance(real, tuple) or len(real) != len(obj.items):
+        return None
+    for item, val in zip(real, obj.items):
+        if item is ctx.out:
+            return val
+    return None
 
 
 @register(builtins.len)
