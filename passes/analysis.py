@@ -259,7 +259,7 @@ def _node_meta(an: _Analyzer, n: fx.Node) -> ChannelMeta:
         return ChannelMeta(rule="unknown" if n.op.startswith("call") else n.op, **common)
     return ChannelMeta(
         rule=registry.rule_name(n, ctx.module),
-        arg_edits=tuple(ArgEdit(p, _resolve_layouts(axes, l), k) for p, l, k in ctx.edits),
+        arg_edits=tuple(ArgEdit(p, _resolve_layouts(axes, l), k, v) for p, l, k, v in ctx.edits),
         attr_edits=tuple((name, _resolve_layouts(axes, l)) for name, l in ctx.attrs),
         retarget=ctx.retarget,
         size_read=None if ctx.size_read is None else SizeRead(axes.resolve(ctx.size_read), val.value),

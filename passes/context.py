@@ -175,14 +175,18 @@ class RuleContext:
 
     def module_param(self, name: str) -> Optional[TV]:
         """A parameter/buffer of this ``call_module`` node's module, recorded as used."""
-        t = getattr(self.module, name, None)
+        t = self.module
+        for part in name.split("."):
+            t = getattr(t, part, None)
         if t is None:
             return None
         return self.analyzer.param_value(self.node, f"{self.node.target}.{name}", t)
 
     # -- rewrite instructions ----------------------------------------------------
-    def edit(self, path: tuple, layouts: Any, kind: str = "size") -> None:
-        self.edits.append((path, layouts, kind))
+    def edit(self, path: tuple, layouts: Any, kind: str = "size", value: Any = None) -> None:
+        """Tie the argument at ``path`` to ``layouts``; kind "constant" sets it to ``value``
+        where the layouts are pruned (e.g. an attention scale that must not change)."""
+        self.edits.append((path, layouts, kind, value))
 
     def set_attr(self, name: str, layouts: Any) -> None:
         self.attrs.append((name, layouts))

@@ -56,13 +56,13 @@ class ArgEdit:
     ``path`` indexes into ``(node.args, node.kwargs)``: ``("args", 1, 2)`` is
     the third element of the second positional argument. ``layouts`` is one
     DimLayout (the new value is its new size) or a tuple of them (a list of
-    sizes). ``offset`` marks slice starts: the value is the new size of the
-    segments before it.
+    sizes, or a slice's (before, inside) layouts).
     """
 
     path: tuple
     layouts: Any
-    kind: str = "size"  # "size" | "sizes" | "stop"
+    kind: str = "size"  # "size" | "sizes" | "slice" | "constant"
+    value: Any = None  # for "constant": what the argument becomes where the layouts are pruned
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,8 @@ def _pruned_tensor(t: torch.Tensor, dims: tuple, keep: dict) -> torch.Tensor:
 
 
 def _edit_value(edit: ArgEdit, old: Any, keep: dict) -> Any:
+    if edit.kind == "constant":
+        return edit.value
     if edit.kind == "sizes":
         return [new_size(layout, keep) for layout in edit.layouts]
     if edit.kind == "slice":
@@ -74,7 +76,8 @@ def _apply_edit(node: fx.Node, edit: ArgEdit, keep: dict) -> None:
     args, kwargs = list(node.args), dict(node.kwargs)
     where, key, rest = edit.path[0], edit.path[1], edit.path[2:]
     container = args if where == "args" else kwargs
-    container[key] = _set_in(container[key], rest, lambda old: _edit_value(edit, old, keep))
+    old = container.get(key) if isinstance(container, dict) else container[key]
+    container[key] = _set_in(old, rest, lambda old: _edit_value(edit, old, keep))
     node.args, node.kwargs = tuple(args), kwargs
 
 
@@ -91,12 +94,14 @@ def _rewrite_node(new: fx.GraphModule, node: fx.Node, meta, keep: dict) -> None:
     if node.op == "call_module":
         module = new.get_submodule(node.target)
         for name, layouts in meta.attr_edits:
+            owner, _, attr = name.rpartition(".")
+            owner = module.get_submodule(owner) if owner else module
             if isinstance(layouts, tuple) and layouts and isinstance(layouts[0], tuple) \
                     and layouts[0] and isinstance(layouts[0][0], tuple):
-                value = type(getattr(module, name))(new_size(l, keep) for l in layouts)
+                value = type(getattr(owner, attr))(new_size(l, keep) for l in layouts)
             else:
                 value = new_size(layouts, keep)
-            setattr(module, name, value)
+            setattr(owner, attr, value)
     if meta.size_read is not None and touches(meta.size_read.layout, keep):
         _freeze(node, meta.size_read.value)
 

@@ -1,4 +1,4 @@
 """The rule table. Importing this package registers every rule."""
-from . import index, linear, norm, pointwise, reduce, shape, sizes, spatial  # noqa: F401
+from . import attention, index, linear, norm, pointwise, reduce, sequence, shape, sizes, spatial  # noqa: F401
 
-__all__ = ["index", "linear", "norm", "pointwise", "reduce", "shape", "sizes", "spatial"]
+__all__ = ["attention", "index", "linear", "norm", "pointwise", "reduce", "sequence", "shape", "sizes", "spatial"]
