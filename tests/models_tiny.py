@@ -62,3 +62,62 @@ def runs_smaller(model: nn.Module, inputs: tuple, other_inputs: tuple | None = N
         out_t = out if isinstance(out, (tuple, list)) else (out,)
         assert [r.shape for r in ref_t] == [o.shape for o in out_t]
     return dg, pruned
+
+
+def lift_params(model: nn.Module, inputs: tuple):
+    """``model`` traced with its parameters/buffers as graph placeholders (as torch.compile
+    hands graphs to a backend), and the example inputs for it: ``inputs`` then each tensor
+    as an ``nn.Parameter`` (buffers as frozen ones)."""
+    gm = torch.fx.symbolic_trace(model)
+    graph = gm.graph
+    attrs = [n for n in graph.nodes if n.op == "get_attr"]
+    assert attrs and not any(n.op == "call_module" for n in graph.nodes)
+    last_ph = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    tensors = []
+    with graph.inserting_after(last_ph):
+        for n in reversed(attrs):
+            ph = graph.placeholder(n.target.replace(".", "_") + "_param")
+            n.replace_all_uses_with(ph)
+            graph.erase_node(n)
+            t = gm.get_parameter(n.target) if n.target in dict(gm.named_parameters()) else gm.get_buffer(n.target)
+            # a hand-built graph has no dynamo source names: buffers are marked by being Parameters
+            tensors.insert(0, t if isinstance(t, nn.Parameter) else nn.Parameter(t, requires_grad=False))
+    graph.lint()
+    gm.recompile()
+    return gm, tuple(inputs) + tuple(tensors)
+
+
+def verify_lifted(gm, inputs: tuple, *, seed: int = 0):
+    """fxprune.verify for graphs with parameters as placeholders.
+
+    Needed because ``fxprune.verify`` does not handle lifted parameters
+    (see test_ops_functional.py::test_verify_on_lifted_graph_checks_the_groups).
+    Same two oracles, same float64 arithmetic.
+    """
+    import copy
+
+    from fxprune.oracles import _zero_removed_consumers, relative_error
+    from fxprune.passes import rewrite_graph
+
+    def dbl(t):
+        if not t.is_floating_point():
+            return t
+        return nn.Parameter(t.detach().double()) if isinstance(t, nn.Parameter) else t.double()
+
+    gm64 = copy.deepcopy(gm).double().eval()
+    inputs = tuple(dbl(t) for t in inputs)
+    dg = fxprune.analyze(gm64, inputs)
+    assert dg.lifted, dg.front_end
+    rest = tuple(x for i, x in enumerate(inputs) if i not in set(dg.lifted))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        ref = dg.gm(*rest)
+        perm = {g.atom: torch.randperm(g.size, generator=gen) for g in dg.groups}
+        perm_err = relative_error(ref, rewrite_graph(dg.gm, perm)(*rest))
+        keep = {g.atom: torch.randperm(g.size, generator=gen)[:max(1, g.size - g.size // 3)]
+                for g in dg.groups if g.mixing is None}
+        zeroed = copy.deepcopy(dg.gm)
+        _zero_removed_consumers(zeroed, keep)
+        rem_err = relative_error(zeroed(*rest), rewrite_graph(zeroed, keep)(*rest))
+    assert perm_err < 1e-12 and rem_err < 1e-12, (perm_err, rem_err)
+    return dg
