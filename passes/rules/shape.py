@@ -150,8 +150,10 @@ def expand(ctx: RuleContext) -> TV:
     dims = []
     for k, n in enumerate(shape):
         j = k - lead
-        if j >= 0 and x.shape[j] == n:
+        if j >= 0 and x.shape[j] == n:  # kept dim: its size argument follows its layout
             dims.append(x.dims[j])
+            if len(raws) == len(shape):
+                size_arg_edit(ctx, paths[k], raws[k], x.dims[j])
             continue
         layout = ctx.fresh(n)
         dims.append(layout)
