@@ -1,7 +1,7 @@
 """The public verbs: analyze and apply."""
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Union
+from typing import Iterable, Mapping, Optional, Union
 
 import torch
 import torch.fx as fx
@@ -40,7 +40,8 @@ def _check_leaves(model: nn.Module, leaf_modules: Iterable) -> list:
     return leaves
 
 
-def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable = ()) -> DependencyGraph:
+def analyze(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = None, *,
+            leaf_modules: Iterable = ()) -> DependencyGraph:
     """Find the groups of coupled channels of ``model``.
 
     Args:
@@ -48,6 +49,9 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable = ()) ->
             ``fx.GraphModule`` (parameters may be ``get_attr`` nodes, or placeholders
             fed ``nn.Parameter`` example inputs as ``torch.compile`` does). Never modified.
         example_inputs: tuple of positional inputs; only shapes and dtypes are used.
+        example_kwargs: keyword inputs. Models ``symbolic_trace`` cannot capture (or
+            called with keywords) are captured with a non-strict ``torch.export``;
+            ``dg.report()`` says which front end was used.
         leaf_modules: qualified names or types of modules to keep opaque (pinned).
 
     Returns:
@@ -64,9 +68,11 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable = ()) ->
     """
     inputs = _as_inputs(example_inputs)
     leaves = _check_leaves(model, leaf_modules)
-    cap = capture(model, inputs, leaves)
+    cap = capture(model, inputs, leaves, example_kwargs)
     result = analyze_graph(cap.gm, cap.inputs)
-    return DependencyGraph(result, cap.front_end, type(model).__name__, cap.lifted)
+    dg = DependencyGraph(result, cap.front_end, type(model).__name__, cap.lifted)
+    dg.example_args, dg.example_kwargs = inputs, dict(example_kwargs or {})
+    return dg
 
 
 def _keep_tensor(group: Group, keep) -> torch.Tensor:

@@ -1,14 +1,17 @@
 """Capture front-ends: an nn.Module or GraphModule becomes the GraphModule the passes analyse."""
 from __future__ import annotations
 
+import inspect
 import os
 import traceback
 import warnings
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
+
+from torch.utils._pytree import tree_flatten, tree_map
 
 from .errors import CaptureError
 
@@ -119,10 +122,55 @@ def _from_graph_module(gm: fx.GraphModule, inputs: tuple) -> Captured:
     return Captured(fx.GraphModule(root, graph, gm.__class__.__name__), "GraphModule (parameters lifted from inputs)", rest, lifted)
 
 
-def capture(model: nn.Module, example_inputs: tuple, leaf_modules: Iterable = ()) -> Captured:
-    """Capture ``model`` as a GraphModule the analysis can annotate without touching ``model``."""
+def _auto_dynamic(model: nn.Module, args: tuple, kwargs: dict):
+    """Every tensor dim dynamic (Dim.AUTO): the pruned graph keeps batch and sequence sizes symbolic."""
+    from torch.export import Dim
+
+    bound = inspect.signature(model.forward).bind_partial(*args, **kwargs)
+    spec = lambda t: {i: Dim.AUTO for i in range(t.ndim)} if isinstance(t, torch.Tensor) else None  # noqa: E731
+    return {k: tree_map(spec, v) for k, v in bound.arguments.items()}
+
+
+def _export(model: nn.Module, args: tuple, kwargs: dict) -> Captured:
+    from torch.export._tree_utils import reorder_kwargs
+
+    try:
+        ep = torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=_auto_dynamic(model, args, kwargs))
+        how = "torch.export (non-strict, dynamic shapes)"
+    except Exception:
+        ep = torch.export.export(model, args, kwargs, strict=False)
+        how = "torch.export (non-strict, static shapes: the pruned model keeps the example's sizes)"
+    gm = ep.module()
+    in_spec = gm.graph._codegen.pytree_info.in_spec
+    flat = tree_flatten((tuple(args), reorder_kwargs(dict(kwargs), in_spec)))[0]
+    return Captured(gm, how, tuple(flat))
+
+
+def capture(model: nn.Module, example_inputs: tuple, leaf_modules: Iterable = (),
+            example_kwargs: Optional[dict] = None) -> Captured:
+    """Capture ``model`` as a GraphModule the analysis can annotate without touching ``model``.
+
+    ``symbolic_trace`` first; where it fails (data-dependent Python, HF models)
+    or keyword inputs are given, a non-strict ``torch.export``.
+    """
     if isinstance(model, fx.GraphModule):
         return _from_graph_module(model, tuple(example_inputs))
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module or fx.GraphModule, got {type(model).__name__}")
-    return Captured(_trace(model, leaf_modules), "torch.fx.symbolic_trace", tuple(example_inputs))
+    if not example_kwargs:
+        try:
+            return Captured(_trace(model, leaf_modules), "torch.fx.symbolic_trace", tuple(example_inputs))
+        except CaptureError as trace_error:
+            if leaf_modules:
+                raise
+            first_error = trace_error
+    else:
+        first_error = None
+    try:
+        return _export(model, tuple(example_inputs), dict(example_kwargs or {}))
+    except Exception as e:
+        trace_msg = f"{first_error}\n" if first_error else ""
+        raise CaptureError(
+            f"{trace_msg}torch.export (non-strict) cannot capture {type(model).__name__} either: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e

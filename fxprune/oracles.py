@@ -11,11 +11,12 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 import torch.nn as nn
 from tabulate import tabulate
+from torch.fx.node import map_aggregate
 from torch.utils._pytree import tree_flatten, tree_map
 
 from fxprune.passes import flat_indices, get_channel_meta, rewrite_graph
@@ -81,6 +82,15 @@ def _double(x):
     return x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
 
 
+def _promote_float32_casts(gm) -> None:
+    """Casts to float32 inside the model (norms upcast so) become float64, so the oracles
+    measure couplings, not float32 rounding."""
+    swap = lambda a: torch.float64 if a is torch.float32 else a  # noqa: E731
+    for node in gm.graph.nodes:
+        node.args, node.kwargs = map_aggregate(node.args, swap), map_aggregate(node.kwargs, swap)
+    gm.recompile()
+
+
 def _random_keep(size: int, fraction_removed: float, gen: torch.Generator) -> torch.Tensor:
     n_keep = max(1, size - int(round(size * fraction_removed)))
     return torch.randperm(size, generator=gen)[:n_keep]
@@ -100,8 +110,9 @@ def _zero_removed_consumers(gm: nn.Module, keep: dict) -> None:
                 t.index_fill_(d, mask.nonzero().flatten(), 0.0)
 
 
-def verify(model: nn.Module, example_inputs, *, seed: int = 0, removal: float = 1 / 3,
-           rtol: float = 1e-9, leaf_modules: Iterable = (), raise_on_mismatch: bool = True) -> VerifyReport:
+def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = None, *, seed: int = 0,
+           removal: float = 1 / 3, rtol: float = 1e-9, leaf_modules: Iterable = (),
+           raise_on_mismatch: bool = True) -> VerifyReport:
     """Run the permutation and removal oracles on a float64 copy of ``model`` (in eval mode).
 
     Args:
@@ -124,17 +135,19 @@ def verify(model: nn.Module, example_inputs, *, seed: int = 0, removal: float = 
     model64 = copy.deepcopy(model).double().eval()
     inputs = tree_map(_double, tuple(example_inputs) if not isinstance(example_inputs, torch.Tensor)
                       else (example_inputs,))
-    dg = analyze(model64, inputs, leaf_modules=leaf_modules)
+    kwargs = tree_map(_double, dict(example_kwargs or {}))
+    dg = analyze(model64, inputs, kwargs, leaf_modules=leaf_modules)
+    _promote_float32_casts(dg.gm)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        ref = dg.gm(*inputs)
+        ref = dg.gm(*inputs, **kwargs)
         perm = {g.atom: torch.randperm(g.size, generator=gen) for g in dg.groups}
-        perm_err = relative_error(ref, rewrite_graph(dg.gm, perm)(*inputs))
+        perm_err = relative_error(ref, rewrite_graph(dg.gm, perm)(*inputs, **kwargs))
         safe = [g for g in dg.groups if g.mixing is None]
         keep = {g.atom: _random_keep(g.size, removal, gen) for g in safe}
         zeroed = copy.deepcopy(dg.gm)
         _zero_removed_consumers(zeroed, keep)
-        rem_err = relative_error(zeroed(*inputs), rewrite_graph(zeroed, keep)(*inputs))
+        rem_err = relative_error(zeroed(*inputs, **kwargs), rewrite_graph(zeroed, keep)(*inputs, **kwargs))
     report = VerifyReport(len(dg.groups), sum(g.size for g in dg.groups), perm_err, len(safe), rem_err,
                           [(g.name, g.mixing) for g in dg.groups if g.mixing is not None], rtol)
     if raise_on_mismatch and not report.passed:

@@ -120,6 +120,11 @@ class _Analyzer(fx.Interpreter):
         self.uses[node].append((target, key))
         return TV(tuple(int(n) for n in t.shape), self.param_layouts[key], source=key)
 
+    def _pin_unused(self, val: Any) -> None:
+        for tv in iter_tensors(val):
+            for d in tv.dims:
+                self.axes.pin(d, "attribute read by no op")
+
     def mark_consumer(self, key: int, dim: int) -> None:
         self.consumers[key].add(dim)
 
@@ -135,8 +140,9 @@ class _Analyzer(fx.Interpreter):
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         if not tensors or any(t.device.type != "meta" for t in tensors):
             return None
-        if kind == "same":
-            return tensors[0] if isinstance(args[0], torch.Tensor) else None
+        if kind == "same":  # a fresh contiguous tensor: `contiguous()` may be followed by `view`
+            x = args[0]
+            return torch.empty(x.shape, dtype=x.dtype, device="meta") if isinstance(x, torch.Tensor) else None
         operands = [a for a in args[:2] if isinstance(a, (torch.Tensor, int, float, bool))]
         if len(operands) != min(len(args), 2) or kwargs.get("rounding_mode") is not None:
             return None
@@ -160,7 +166,10 @@ class _Analyzer(fx.Interpreter):
         if n.op == "placeholder":
             return self.from_output(out, f"graph input '{n.name}'")
         if n.op == "get_attr":
-            return self.param_value(n, n.target, out)
+            val = self.param_value(n, n.target, out)
+            if not n.users:
+                self._pin_unused(val)
+            return val
         if n.op == "output":
             for tv in iter_tensors(self.value_of(n.args[0])):
                 for d in tv.dims:

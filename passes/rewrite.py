@@ -56,6 +56,8 @@ def _edit_value(edit: ArgEdit, old: Any, keep: dict) -> Any:
         return edit.value
     if edit.kind == "sizes":
         return [new_size(layout, keep) for layout in edit.layouts]
+    if edit.kind == "stop":  # an end offset: everything before it, kept
+        return sum(new_size(layout, keep) for layout in edit.layouts)
     if edit.kind == "slice":
         pre, mid = edit.layouts
         start = new_size(pre, keep)
@@ -82,7 +84,7 @@ def _apply_edit(node: fx.Node, edit: ArgEdit, keep: dict) -> None:
 
 
 def _edit_layouts(edit: ArgEdit):
-    return edit.layouts if edit.kind in ("sizes", "slice") else (edit.layouts,)
+    return edit.layouts if edit.kind in ("sizes", "slice", "stop") else (edit.layouts,)
 
 
 def _rewrite_node(new: fx.GraphModule, node: fx.Node, meta, keep: dict) -> None:

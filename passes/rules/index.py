@@ -79,10 +79,18 @@ def chunk(ctx: RuleContext) -> SV:
     """A chunk whose pieces may stop being equal is rewritten into a split."""
     x = ctx.tensor(0, "input")
     d = _dim(ctx, 2, x.ndim)
+    keyword = ctx.path(1, "chunks")[0] == "kwargs"
+    if keyword and ctx.node.op == "call_method":  # Tensor.split takes no ``chunks=`` keyword
+        raise RuleError("Tensor.chunk with a chunks= keyword cannot be rewritten into a split")
     val, pieces = _split_outputs(ctx, x, d)
     ctx.edit(ctx.path(1, "chunks"), pieces, kind="sizes")
-    ctx.retarget = torch.split if ctx.node.op == "call_function" else "split"
+    ctx.retarget = "split" if ctx.node.op == "call_method" else split_chunks if keyword else torch.split
     return val
+
+
+def split_chunks(input, chunks, dim=0):  # noqa: A002 - torch.chunk's argument names
+    """``torch.split`` under ``torch.chunk``'s argument names: a rewritten ``chunk(chunks=...)``."""
+    return torch.split(input, chunks, dim)
 
 
 @register(torch.unbind, method("unbind"))
