@@ -72,6 +72,7 @@ def analyze(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = N
     result = analyze_graph(cap.gm, cap.inputs)
     dg = DependencyGraph(result, cap.front_end, type(model).__name__, cap.lifted)
     dg.example_args, dg.example_kwargs = inputs, dict(example_kwargs or {})
+    dg.model = model
     return dg
 
 
@@ -115,7 +116,7 @@ def _resolve_group(dg: DependencyGraph, key: Union[Group, int]) -> Group:
     return key
 
 
-def apply(dg: DependencyGraph, keep: Mapping) -> fx.GraphModule:
+def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False):
     """Emit the pruned model: a new ``fx.GraphModule``.
 
     Args:
@@ -123,8 +124,14 @@ def apply(dg: DependencyGraph, keep: Mapping) -> fx.GraphModule:
         keep: ``{group: indices}``; indices are distinct ints in ``range(group.size)``
             in the order they must appear. Groups not named keep every coordinate.
 
+        inplace: resize the analysed model's own modules instead (to keep its class,
+            e.g. for HF ``save_pretrained``), then check that its eager forward agrees
+            with the pruned graph on the example inputs; on disagreement the model is
+            restored and :class:`fxprune.inplace.InPlaceMismatchError` says why.
+
     Returns:
-        A new ``torch.fx.GraphModule``; the analysed model is not modified.
+        A new ``torch.fx.GraphModule`` (the analysed model is not modified), or with
+        ``inplace=True`` the analysed model itself.
 
     Example::
 
@@ -139,4 +146,9 @@ def apply(dg: DependencyGraph, keep: Mapping) -> fx.GraphModule:
     for key, idx in keep.items():
         group = _resolve_group(dg, key)
         atoms[group.atom] = _keep_tensor(group, idx)
-    return rewrite_graph(dg.gm, atoms)
+    pruned = rewrite_graph(dg.gm, atoms)
+    if not inplace:
+        return pruned
+    from .inplace import apply_inplace
+
+    return apply_inplace(dg.model, dg, pruned)
