@@ -151,4 +151,5 @@ def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False):
         return pruned
     from .inplace import apply_inplace
 
-    return apply_inplace(dg.model, dg, pruned)
+    sizes = {dg.groups[i].size for i, g in enumerate(dg.groups) if g.atom in atoms and len(atoms[g.atom]) < g.size}
+    return apply_inplace(dg.model, dg, pruned, sizes)

@@ -121,7 +121,8 @@ def _stale_hints(model: nn.Module, sizes: set) -> str:
     return ", ".join(hints[:8])
 
 
-def apply_inplace(model: nn.Module, dg, pruned: fx.GraphModule, rtol: float = 1e-4) -> nn.Module:
+def apply_inplace(model: nn.Module, dg, pruned: fx.GraphModule, pruned_sizes: set = frozenset(),
+                  rtol: float = 1e-4) -> nn.Module:
     """Resize ``model`` itself to match ``pruned``; raise (and restore ``model``) if they disagree."""
     if dg.lifted:
         raise FxPruneError("in-place pruning needs the model itself; this graph came from torch.compile "
@@ -142,7 +143,7 @@ def apply_inplace(model: nn.Module, dg, pruned: fx.GraphModule, rtol: float = 1e
         raise InPlaceMismatchError(
             f"in-place pruning of {type(model).__name__} was undone: {problem}. The pruned graph is right, "
             "but the model's Python forward hard-codes a size that only the graph rewrite could change. "
-            f"Integer attributes that may need updating: {_stale_hints(model, old_sizes) or 'none found'}. "
+            f"Integer attributes that may need updating: {_stale_hints(model, old_sizes | set(pruned_sizes)) or 'none found'}. "
             "Fix: prune only groups the forward infers (e.g. heads through view(..., -1, head_dim)), update "
             "those attributes/config yourself, or use the returned GraphModule.")
     return model
