@@ -154,3 +154,19 @@ def test_cat_then_split_at_other_boundaries():
     assert sizes(dg) == [2, 2, 4]
     verified(m, X, groups=3)
     runs_smaller(m, X, X2)
+
+
+@pytest.mark.parametrize("form", ["torch_kw", "method_kw"])
+def test_chunk_with_keyword_chunks(form):
+    take = (lambda y: torch.chunk(y, chunks=2, dim=1)) if form == "torch_kw" else \
+        (lambda y: y.chunk(chunks=2, dim=1))
+    m = Piece(take, 5, 4)
+    dg = fxprune.analyze(m, X)
+    if form == "method_kw":  # Tensor.split has no chunks= keyword: pinned, never broken
+        assert dg.groups == [] and "chunks= keyword" in dg.report()
+        verified(m, X, groups=0)
+        return
+    assert sizes(dg) == [4, 5]
+    verified(m, X, groups=2)
+    p = fxprune.apply(dg, {group_with(dg, "pa.weight", 1): [0]})
+    assert p.c.weight.shape[0] == 5 and p(*X2).shape == m(*X2).shape
