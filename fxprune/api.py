@@ -52,7 +52,9 @@ def analyze(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = N
         example_kwargs: keyword inputs. Models ``symbolic_trace`` cannot capture (or
             called with keywords) are captured with a non-strict ``torch.export``;
             ``dg.report()`` says which front end was used.
-        leaf_modules: qualified names or types of modules to keep opaque (pinned).
+        leaf_modules: qualified names or types of modules symbolic_trace must not trace
+            into (e.g. ones with data-dependent Python). A leaf with a rule (a torch.nn
+            layer) is still analysed by its rule; any other leaf pins every axis it touches.
 
     Returns:
         A :class:`DependencyGraph`.

@@ -28,7 +28,7 @@ class Captured:
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, leaves: Iterable):
+    def __init__(self, leaves: Iterable = ()):
         super().__init__()
         self.leaf_names = {x for x in leaves if isinstance(x, str)}
         self.leaf_types = tuple(x for x in leaves if isinstance(x, type))
@@ -132,14 +132,19 @@ def _auto_dynamic(model: nn.Module, args: tuple, kwargs: dict):
 
 
 def _export(model: nn.Module, args: tuple, kwargs: dict) -> Captured:
-    from torch.export._tree_utils import reorder_kwargs
-
     try:
         ep = torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=_auto_dynamic(model, args, kwargs))
         how = "torch.export (non-strict, dynamic shapes)"
     except Exception:
         ep = torch.export.export(model, args, kwargs, strict=False)
         how = "torch.export (non-strict, static shapes: the pruned model keeps the example's sizes)"
+    return _from_exported(ep, args, kwargs, how)
+
+
+def _from_exported(ep, args: tuple, kwargs: dict, how: str = "ExportedProgram") -> Captured:
+    """The unlifted module of an ExportedProgram: parameters are attributes, inputs keep their pytree."""
+    from torch.export._tree_utils import reorder_kwargs
+
     gm = ep.module()
     in_spec = gm.graph._codegen.pytree_info.in_spec
     flat = tree_flatten((tuple(args), reorder_kwargs(dict(kwargs), in_spec)))[0]
@@ -155,6 +160,8 @@ def capture(model: nn.Module, example_inputs: tuple, leaf_modules: Iterable = ()
     """
     if isinstance(model, fx.GraphModule):
         return _from_graph_module(model, tuple(example_inputs))
+    if isinstance(model, torch.export.ExportedProgram):
+        return _from_exported(model, tuple(example_inputs), dict(example_kwargs or {}))
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module or fx.GraphModule, got {type(model).__name__}")
     if not example_kwargs:

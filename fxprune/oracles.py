@@ -79,6 +79,8 @@ def relative_error(ref, out) -> float:
 
 
 def _double(x):
+    if isinstance(x, nn.Parameter) and x.is_floating_point():  # stays a parameter: it gets lifted
+        return nn.Parameter(x.detach().double(), x.requires_grad)
     return x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
 
 
@@ -138,6 +140,7 @@ def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = No
     kwargs = tree_map(_double, dict(example_kwargs or {}))
     dg = analyze(model64, inputs, kwargs, leaf_modules=leaf_modules)
     _promote_float32_casts(dg.gm)
+    inputs = tuple(x for i, x in enumerate(inputs) if i not in set(dg.lifted))  # now graph attributes
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         ref = dg.gm(*inputs, **kwargs)

@@ -144,7 +144,12 @@ def rewrite_graph(gm: fx.GraphModule, keep: dict) -> fx.GraphModule:
             t = _fetch(gm, use.target)
             if id(t) not in memo:
                 memo[id(t)] = _pruned_tensor(t, use.dims, keep)
-    new = copy.deepcopy(gm, memo)
+    stashed = gm.meta.pop(META_KEY, None)  # the analysis result of ChannelAnalysisPass: not copied
+    try:
+        new = copy.deepcopy(gm, memo)
+    finally:
+        if stashed is not None:
+            gm.meta[META_KEY] = stashed
     old_nodes = {n.name: n for n in gm.graph.nodes}
     candidates = set()
     for node in list(new.graph.nodes):

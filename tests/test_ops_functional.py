@@ -95,11 +95,6 @@ def test_get_attr_and_placeholder_graphs_agree(name):
     assert pruned(*X).shape == m(*X).shape
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="fxprune.verify: _double turns the nn.Parameter inputs into plain tensors, so "
-                          "nothing is lifted and every group is pinned (vacuous pass); where they are "
-                          "lifted (dynamo source names) it calls the graph with the lifted inputs too "
-                          "(TypeError). oracles.py should keep Parameters and drop dg.lifted inputs")
 def test_verify_on_lifted_graph_checks_the_groups():
     gm, inputs = lift_params(ConvBnConv().eval(), X)
     assert len(fxprune.analyze(gm, inputs).groups) == 1
