@@ -91,7 +91,8 @@ def layer_norm(ctx: RuleContext) -> TV:
     x = ctx.tensor(0, "input")
     shape = ctx.const(1, "normalized_shape")
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    w, b = ctx.tensor(2, "weight", None), ctx.tensor(3, "bias", None) if ctx.node.target is F.layer_norm else None
+    has_bias = "rms_norm" not in str(getattr(ctx.node.target, "__name__", ctx.node.target))  # rms_norm: (x, shape, w, eps)
+    w, b = ctx.tensor(2, "weight", None), ctx.tensor(3, "bias", None) if has_bias else None
     out = layer_norm_core(ctx, x, len(shape), (w, b))
     raw = ctx.arg(1, "normalized_shape")
     path = ctx.path(1, "normalized_shape")
