@@ -1,13 +1,36 @@
-"""Per-coordinate importance of a group, from the parameter slices it owns."""
+"""Importance criteria: one score per coordinate of a group.
+
+Note [Scores of product and concat layouts]
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+A member dimension's layout may be a product (heads x head_dim, C x H*W after a
+flatten) or a concatenation (DenseNet). :func:`coordinate_map` gives, for every
+flat index of the dimension, the coordinate of the group atom it belongs to.
+A criterion computes a statistic per element, sums it over the slice of each
+flat index, then sums the flat indices of each coordinate. So a head's score
+covers all its head_dim rows, a flattened channel its H*W block, and a channel
+that a concatenation repeats in several segments adds up every occurrence.
+Member scores are then aggregated (mean/sum/max/prod) and normalized per group.
+
+Custom criteria: subclass :class:`Criterion` or :class:`Elementwise`, or pass a callable
+``(dg, group, stats) -> Tensor | None``; :func:`register_importance` names it.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
 import torch
+import torch.nn as nn
 
 from fxprune.passes import Atom
 
 from .graph import DependencyGraph, Group
 
-__all__ = ["coordinate_map", "magnitude", "keep_top"]
+__all__ = [
+    "coordinate_map", "magnitude", "keep_top", "Criterion", "Elementwise", "Magnitude", "BNScale",
+    "Taylor", "Hessian", "FPGM", "Random", "normalize", "register_importance", "get_importance",
+    "importance_names",
+]
 
 
 def _factor_size(f) -> int:
@@ -59,11 +82,7 @@ def magnitude(dg: DependencyGraph, group: Group, p: float = 2.0) -> torch.Tensor
         t = _fetch(dg.gm, target)
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             continue
-        coords = coordinate_map(dg._params[target].dims[d], group.atom)
-        flat = t.detach().double().transpose(0, d).reshape(t.shape[d], -1)
-        per_index = flat.abs().pow(p).sum(1)
-        mask = coords >= 0
-        scores.index_add_(0, coords[mask], per_index[mask])
+        scores.index_add_(0, *_to_coords(t.detach().double().abs().pow(p), d, dg, target, group))
     return scores.pow(1.0 / p)
 
 
@@ -76,3 +95,306 @@ def keep_top(dg: DependencyGraph, ratio: float, p: float = 2.0) -> dict:
         n = max(1, g.size - int(round(g.size * ratio)))
         keep[g] = torch.sort(torch.topk(magnitude(dg, g, p), n).indices).values
     return keep
+
+
+def _to_coords(elem: torch.Tensor, d: int, dg: DependencyGraph, target: str, group: Group):
+    """(coords, per-flat-index sums) of ``elem`` along dim ``d``, for ``index_add_``."""
+    coords = coordinate_map(dg._params[target].dims[d], group.atom)
+    flat = elem.transpose(0, d).reshape(elem.shape[d], -1).sum(1)
+    mask = coords >= 0
+    return coords[mask], flat[mask]
+
+
+# -- normalization and aggregation ---------------------------------------------------
+def _lamp(s: torch.Tensor) -> torch.Tensor:
+    order = torch.argsort(s)
+    tail = torch.flip(torch.cumsum(torch.flip(s[order], [0]), 0), [0])
+    out = torch.empty_like(s)
+    out[order] = s[order] / tail.clamp_min(1e-300)
+    return out
+
+
+_NORMALIZERS: dict = {
+    None: lambda s: s,
+    "mean": lambda s: s / s.mean().clamp_min(1e-300),
+    "max": lambda s: s / s.max().clamp_min(1e-300),
+    "sum": lambda s: s / s.sum().clamp_min(1e-300),
+    "standardize": lambda s: (s - s.mean()) / s.std().clamp_min(1e-300) if s.numel() > 1 else s * 0,
+    "lamp": _lamp,
+}
+
+_REDUCTIONS: dict = {
+    "mean": lambda m: m.mean(0),
+    "sum": lambda m: m.sum(0),
+    "max": lambda m: m.max(0).values,
+    "prod": lambda m: m.prod(0),
+}
+
+
+def normalize(scores: torch.Tensor, how: Optional[str]) -> torch.Tensor:
+    """Normalize one group's scores: ``mean``, ``max``, ``sum``, ``standardize``, ``lamp`` or None."""
+    if how not in _NORMALIZERS:
+        raise ValueError(f"unknown normalizer {how!r}; choose one of {sorted(map(str, _NORMALIZERS))}")
+    return _NORMALIZERS[how](scores)
+
+
+# -- criteria --------------------------------------------------------------------------
+class Criterion:
+    """A way to score the coordinates of a group.
+
+    ``score(dg, group, stats)`` returns a 1-D tensor of ``group.size`` scores
+    (higher = more important), or None to leave the group unpruned. ``stats``
+    maps parameter names to ``{"grad": ..., "fisher": ...}`` when
+    ``needs_data`` is true (see :func:`fxprune.collect_stats`).
+    """
+
+    needs_data: bool = False
+    needs_fisher: bool = False
+
+    def score(self, dg: DependencyGraph, group: Group, stats: Optional[dict]) -> Optional[torch.Tensor]:
+        raise NotImplementedError
+
+    def __call__(self, dg: DependencyGraph, group: Group, stats: Optional[dict] = None):
+        if self.needs_data and stats is None:
+            raise ValueError(f"{type(self).__name__} needs gradients: pass data=[batch, ...] (and loss_fn) "
+                             "to fxprune.prune, or stats=fxprune.collect_stats(...)")
+        return self.score(dg, group, stats)
+
+
+@dataclass(frozen=True)
+class Elementwise(Criterion):
+    """Per-element statistic, summed per coordinate, aggregated over members, normalized.
+
+    Args:
+        reduction: how member scores combine: ``mean``, ``sum``, ``max`` or ``prod``.
+        normalizer: see :func:`normalize`.
+        bias: whether parameters named ``*.bias`` count (biases mostly add noise).
+    """
+
+    reduction: str = "mean"
+    normalizer: Optional[str] = "mean"
+    bias: bool = False
+
+    def __post_init__(self):
+        if self.reduction not in _REDUCTIONS:
+            raise ValueError(f"unknown reduction {self.reduction!r}; choose one of {sorted(_REDUCTIONS)}")
+        normalize(torch.ones(1), self.normalizer)
+
+    def element(self, w: torch.Tensor, grad, fisher) -> torch.Tensor:
+        raise NotImplementedError
+
+    def counts(self, dg: DependencyGraph, target: str) -> bool:
+        return self.bias or not target.endswith("bias")
+
+    @torch.no_grad()
+    def score(self, dg, group, stats):
+        params = dict(dg.gm.named_parameters())
+        per_member = []
+        for target, d in group.members:
+            w = params.get(target)
+            if w is None or not w.is_floating_point() or not self.counts(dg, target):
+                continue
+            st = (stats or {}).get(target, {})
+            grad, fisher = (st.get(k) for k in ("grad", "fisher"))
+            if (self.needs_data and grad is None) or (self.needs_fisher and fisher is None):
+                continue
+            elem = self.element(w.detach().double(), _d(grad), _d(fisher))
+            s = torch.zeros(group.size, dtype=torch.float64)
+            per_member.append(s.index_add_(0, *_to_coords(elem, d, dg, target, group)))
+        if not per_member:
+            return None
+        return normalize(_REDUCTIONS[self.reduction](torch.stack(per_member)), self.normalizer)
+
+
+def _d(t):  # noqa: E704
+    return None if t is None else t.detach().double()
+
+
+@dataclass(frozen=True)
+class Magnitude(Elementwise):
+    """Group magnitude: ``sum |w|^p`` per coordinate (p=1: L1, p=2: L2; LAMP: normalizer="lamp")."""
+
+    p: float = 2.0
+
+    def element(self, w, grad, fisher):
+        return w.abs().pow(self.p)
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+@dataclass(frozen=True)
+class BNScale(Elementwise):
+    """``|gamma|`` of the normalization layers (BatchNorm, GroupNorm, LayerNorm) in the group.
+
+    Groups without an affine normalization get no score and are left unpruned.
+    """
+
+    def counts(self, dg, target):
+        prefix, _, leaf = target.rpartition(".")
+        if leaf != "weight":
+            return False
+        try:
+            return isinstance(dg.gm.get_submodule(prefix), _NORMS)
+        except AttributeError:
+            return False
+
+    def element(self, w, grad, fisher):
+        return w.abs()
+
+
+@dataclass(frozen=True)
+class Taylor(Elementwise):
+    """First-order Taylor (Molchanov et al. 2019): the loss change of removing a coordinate.
+
+    Per batch b, ``delta_b[k] = sum of w * dL_b/dw`` over the consumer slices of coordinate
+    k (the weights that read it: zeroing them is removing it; all members if none);
+    the score is ``mean_b delta_b[k] ** 2``. With ``elementwise=True``
+    (or stats without per-batch gradients) it is Torch-Pruning's ``|w * mean_b grad_b|``,
+    aggregated over members by ``reduction``. Averaging signed gradients first cancels
+    most of the signal on a converged model, hence the per-batch default.
+    """
+
+    needs_data = True
+    elementwise: bool = False
+
+    def element(self, w, grad, fisher):
+        return (w * grad).abs()
+
+    @torch.no_grad()
+    def score(self, dg, group, stats):
+        params = dict(dg.gm.named_parameters())
+        members = [(t, d) for t, d in group.members if t in params and self.counts(dg, t)
+                   and "batch_grads" in stats.get(t, {})]
+        consumers = [(t, d) for t, d in members if d in dg._params[t].consumer_dims]
+        members = consumers or members
+        if self.elementwise or not members:
+            return super().score(dg, group, stats)
+        n = len(stats[members[0][0]]["batch_grads"])
+        total = torch.zeros(group.size, dtype=torch.float64)
+        for b in range(n):
+            delta = torch.zeros(group.size, dtype=torch.float64)
+            for t, d in members:
+                prod = params[t].detach().double() * stats[t]["batch_grads"][b].double()
+                delta.index_add_(0, *_to_coords(prod, d, dg, t, group))
+            total += delta.pow(2)
+        return normalize(total / n, self.normalizer)
+
+
+@dataclass(frozen=True)
+class Hessian(Elementwise):
+    """Second order (Optimal Brain Damage): ``0.5 * H_ii * w^2``, H_ii from the empirical Fisher."""
+
+    needs_data = True
+    needs_fisher = True
+
+    def element(self, w, grad, fisher):
+        return 0.5 * fisher * w.pow(2)
+
+
+@dataclass(frozen=True)
+class FPGM(Criterion):
+    """Filter pruning via geometric median: a coordinate whose weights sit close to all others is redundant.
+
+    Score = sum of L2 distances from the coordinate's weights (every weight member of
+    rank >= 2, all its flat indices concatenated) to those of every other coordinate.
+    """
+
+    normalizer: Optional[str] = "mean"
+
+    @torch.no_grad()
+    def score(self, dg, group, stats):
+        params = dict(dg.gm.named_parameters())
+        feats = []
+        for target, d in group.members:
+            w = params.get(target)
+            if w is None or w.dim() < 2 or not w.is_floating_point():
+                continue
+            feats.append(_coord_features(w.detach().double(), d, dg, target, group))
+        if not feats:
+            return None
+        x = torch.cat(feats, 1)
+        return normalize(torch.cdist(x, x).sum(1), self.normalizer)
+
+
+def _coord_features(w, d, dg, target, group) -> torch.Tensor:
+    coords = coordinate_map(dg._params[target].dims[d], group.atom)
+    rows = w.transpose(0, d).reshape(w.shape[d], -1)
+    mask = coords >= 0
+    order = torch.argsort(coords[mask], stable=True)
+    picked = rows[mask][order]
+    return picked.reshape(group.size, -1)
+
+
+@dataclass(frozen=True)
+class Random(Criterion):
+    """Uniform random scores (a baseline); ``seed`` makes them reproducible."""
+
+    seed: int = 0
+
+    def score(self, dg, group, stats):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + group.index)
+        return torch.rand(group.size, generator=gen, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class _FnCriterion(Criterion):
+    fn: Callable
+    needs_data: bool = False
+
+    def score(self, dg, group, stats):
+        return self.fn(dg, group, stats)
+
+
+# -- registry --------------------------------------------------------------------------
+_REGISTRY: dict = {}
+
+
+def register_importance(name: str, factory: Optional[Callable] = None):
+    """Give a criterion a name usable as ``fxprune.prune(..., importance=name)``.
+
+    ``factory()`` returns a :class:`Criterion` (a class works). Usable as a decorator.
+
+    Example::
+
+        >>> import torch, fxprune
+        >>> @fxprune.register_importance("first_coordinate_wins")
+        ... class FirstWins(fxprune.Criterion):
+        ...     def score(self, dg, group, stats):
+        ...         return -torch.arange(group.size, dtype=torch.float64)
+        >>> fxprune.get_importance("first_coordinate_wins")  # doctest: +ELLIPSIS
+        <...FirstWins object at ...>
+    """
+    def add(f):
+        if name in _REGISTRY:
+            raise ValueError(f"importance {name!r} is already registered; pick another name")
+        _REGISTRY[name] = f
+        return f
+    return add if factory is None else add(factory)
+
+
+for _name, _factory in {
+    "l1": lambda: Magnitude(p=1.0), "l2": lambda: Magnitude(p=2.0), "magnitude": lambda: Magnitude(p=2.0),
+    "bn_scale": BNScale, "taylor": Taylor, "hessian": Hessian, "obd": Hessian,
+    "lamp": lambda: Magnitude(p=2.0, normalizer="lamp"), "fpgm": FPGM, "random": Random,
+}.items():
+    register_importance(_name, _factory)
+
+
+def importance_names() -> list:  # the registered criterion names
+    return sorted(_REGISTRY)
+
+
+def get_importance(spec: Union[str, Criterion, Callable]) -> Criterion:
+    """A :class:`Criterion` from a registered name, an instance, or a callable ``(dg, group, stats)``."""
+    if isinstance(spec, Criterion):
+        return spec
+    if isinstance(spec, str):
+        if spec not in _REGISTRY:
+            raise ValueError(f"unknown importance {spec!r}; registered: {', '.join(importance_names())} "
+                             "(add one with fxprune.register_importance)")
+        return _REGISTRY[spec]()
+    if callable(spec):
+        return _FnCriterion(spec)
+    raise TypeError(f"importance must be a name, a Criterion or a callable, got {type(spec).__name__}")
+
