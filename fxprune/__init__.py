@@ -12,6 +12,13 @@ from .api import analyze, apply
 from .errors import CaptureError, FxPruneError, GroupMismatchError, KeepIndicesError, OracleMismatchError
 from .graph import DependencyGraph, Group
 from .oracles import VerifyReport, relative_error, verify
+from .counting import Count, compare, count, count_macs, count_params, group_table, latency
+from .importance import (BNScale, Criterion, Elementwise, FPGM, Hessian, Magnitude, Random, Taylor, get_importance,
+                         importance_names, register_importance)
+from .pruner import PruneConfig, plan, prune, score_groups
+from .selection import factor_roles, ignored_groups
+from .sparsity import GroupSparsity
+from .stats import collect_stats
 
 __version__ = "0.1.0"
 
@@ -19,4 +26,8 @@ __all__ = [
     "analyze", "apply", "verify", "DependencyGraph", "Group", "VerifyReport", "relative_error",
     "FxPruneError", "CaptureError", "KeepIndicesError", "GroupMismatchError", "OracleMismatchError",
     "passes",
+    "prune", "PruneConfig", "plan", "score_groups", "collect_stats", "GroupSparsity",
+    "Criterion", "Elementwise", "Magnitude", "BNScale", "Taylor", "Hessian", "FPGM", "Random",
+    "register_importance", "get_importance", "importance_names", "factor_roles", "ignored_groups",
+    "Count", "count", "count_macs", "count_params", "compare", "group_table", "latency",
 ]

@@ -1,0 +1,189 @@
+"""Counting and reporting: parameters and MACs per layer and per group, CPU latency.
+
+MACs are half the FLOPs that ``torch.utils.flop_counter.FlopCounterMode`` counts
+on one real forward pass: convolutions (incl. transposed), linear layers,
+matmuls and attention kernels. Normalization and element-wise ops count 0.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from tabulate import tabulate
+from torch.utils.flop_counter import FlopCounterMode
+
+from fxprune.passes import new_size
+
+from .graph import DependencyGraph
+
+__all__ = ["Count", "count", "count_macs", "count_params", "compare", "group_table", "latency"]
+
+
+@dataclass(frozen=True)
+class Count:
+    """Totals and per-layer ``{module name: (params, macs)}`` (own parameters, children excluded)."""
+
+    params: int
+    macs: int
+    layers: dict = field(default_factory=dict)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameter entries (buffers excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _as_tuple(inputs) -> tuple:
+    return (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+
+
+def _module_flops(model: nn.Module, inputs: tuple) -> dict:
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(*inputs)
+    counts = {k: sum(v.values()) for k, v in fc.get_flop_counts().items()}
+    total = counts.pop("Global", 0)
+    root = type(model).__name__
+    named = {"": counts.pop(root, total)}
+    for k, v in counts.items():
+        if k.startswith(root + "."):
+            named[k[len(root) + 1:]] = v
+    return _exclusive(named)
+
+
+def _exclusive(named: dict) -> dict:
+    """Hierarchical counts -> each module's own (children's counts subtracted)."""
+    out = dict(named)
+    for k, v in named.items():
+        if k:
+            parent = k.rpartition(".")[0]
+            while parent and parent not in named:
+                parent = parent.rpartition(".")[0]
+            out[parent] = out.get(parent, 0) - v
+    return out
+
+
+def count_macs(model: nn.Module, example_inputs) -> int:
+    """Multiply-accumulates of one forward pass on ``example_inputs``.
+
+    Example::
+
+        >>> import torch, fxprune
+        >>> fxprune.count_macs(torch.nn.Linear(4, 8), (torch.randn(2, 4),))
+        64
+    """
+    inputs = _as_tuple(example_inputs)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(*inputs)
+    return fc.get_total_flops() // 2
+
+
+def count(model: nn.Module, example_inputs) -> Count:
+    """Parameters and MACs, in total and per module.
+
+    Example::
+
+        >>> import torch, fxprune
+        >>> c = fxprune.count(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)), (torch.randn(1, 4),))
+        >>> c.params, c.macs, c.layers["1"]
+        (58, 48, (18, 16))
+    """
+    inputs = _as_tuple(example_inputs)
+    flops = _module_flops(model, inputs)
+    layers = {}
+    for name, mod in model.named_modules():
+        p = sum(t.numel() for t in mod.parameters(recurse=False))
+        m = flops.get(name, 0) // 2
+        if p or m:
+            layers[name] = (p, m)
+    return Count(count_params(model), count_macs(model, inputs), layers)
+
+
+def _pct(a: int, b: int) -> str:
+    return f"{b / a:.1%}" if a else "-"
+
+
+def compare(original: nn.Module, pruned: nn.Module, example_inputs) -> str:
+    """A table of parameters and MACs per layer and in total, before and after pruning.
+
+    Layers are matched by qualified name (``fxprune.apply`` keeps module names).
+
+    Example::
+
+        >>> import torch, fxprune
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> small = fxprune.prune(net, (torch.randn(1, 4),), ratio=0.5)
+        >>> print(fxprune.compare(net, small, (torch.randn(1, 4),)).splitlines()[-1])
+        total          58        30  51.7%       48        24  50.0%
+    """
+    a, b = count(original, example_inputs), count(pruned, example_inputs)
+    rows = []
+    for name in list(a.layers) + [n for n in b.layers if n not in a.layers]:
+        (pa, ma), (pb, mb) = a.layers.get(name, (0, 0)), b.layers.get(name, (0, 0))
+        rows.append([name or "(root)", pa, pb, _pct(pa, pb), ma, mb, _pct(ma, mb)])
+    rows.append(["total", a.params, b.params, _pct(a.params, b.params), a.macs, b.macs, _pct(a.macs, b.macs)])
+    return tabulate(rows, headers=["layer", "params", "pruned", "kept", "MACs", "pruned", "kept"])
+
+
+def group_table(dg: DependencyGraph, keep: dict | None = None, example_inputs=None) -> str:
+    """Per group: size, kept coordinates, and the parameters of its members before/after.
+
+    "after" prunes this group alone (other groups' edits are not applied), so a
+    row says what pruning that group buys. With ``example_inputs``, MACs of the
+    modules owning the group's parameters are listed too.
+    """
+    keep = {g.atom: torch.as_tensor(v) for g, v in (keep or {}).items()}
+    flops = _module_flops(dg.gm, _as_tuple(example_inputs)) if example_inputs is not None else None
+    params = dict(dg.gm.named_parameters())
+    rows = []
+    for g in dg.groups:
+        before = after = 0
+        for target, d in g.members:
+            t = params.get(target)
+            if t is not None:
+                before += t.numel()
+                after += t.numel() // t.shape[d] * new_size(dg._params[target].dims[d], _only(keep, g.atom))
+        kept = len(keep[g.atom]) if g.atom in keep else g.size
+        row = [g.name, g.size, kept, before, after]
+        if flops is not None:
+            owners = {t.rpartition(".")[0] for t, _ in g.members}
+            row.append(sum(flops.get(o, 0) for o in owners) // 2)
+        rows.append(row)
+    headers = ["group", "size", "kept", "member params", "after"] + (["owner MACs"] if flops is not None else [])
+    return tabulate(rows, headers=headers)
+
+
+def _only(keep: dict, atom: int) -> dict:
+    return {atom: keep[atom]} if atom in keep else {}
+
+
+def latency(model: nn.Module, example_inputs, *, warmup: int = 3, repeats: int = 20,
+            threads: int | None = None) -> dict:
+    """CPU wall-clock latency of one forward pass, in milliseconds.
+
+    Returns ``{"median_ms", "min_ms", "mean_ms"}`` over ``repeats`` timed runs after ``warmup``.
+
+    Example::
+
+        >>> import torch, fxprune
+        >>> sorted(fxprune.latency(torch.nn.Linear(4, 4), (torch.randn(1, 4),), repeats=3))
+        ['mean_ms', 'median_ms', 'min_ms']
+    """
+    inputs = _as_tuple(example_inputs)
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            for _ in range(warmup):
+                model(*inputs)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model(*inputs)
+                times.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        torch.set_num_threads(old)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "mean_ms": statistics.fmean(times)}

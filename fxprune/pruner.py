@@ -1,0 +1,240 @@
+"""``fxprune.prune``: score, select and remove channels in one call.
+
+Note [Targets and schedules]
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+A step scores every group once, then turns one number into keep-indices: the
+uniform ratio (``scope="local"``) or the share of all coordinates removed
+(``scope="global"``). With ``target_macs``/``target_params`` that number is
+found by bisection on the *real* pruned model (rewrite + one forward pass per
+probe) until the count is within ``tolerance`` of the target.
+
+``iterative_steps=N`` repeats analyse -> score -> prune N times on the
+shrinking model, calling ``callback(step, model)`` after every step (fine-tune
+there). ``schedule(k, N, final)`` gives the cumulative fraction removed after
+step k: of each group for a ratio, of the MACs/params for a target. The ratio
+of a step is taken relative to what is left, so the schedule is followed with
+respect to the original model.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional, Union
+
+import torch.fx as fx
+import torch.nn as nn
+
+from .api import analyze, apply
+from .counting import count_macs, count_params
+from .importance import Taylor, get_importance
+from .selection import group_ratios, select_global, select_local
+from .stats import collect_stats
+
+__all__ = ["PruneConfig", "prune", "score_groups", "plan", "SCHEDULES"]
+
+SCHEDULES: dict = {
+    "linear": lambda k, n, final: final * k / n,
+    "geometric": lambda k, n, final: 1.0 - (1.0 - final) ** (k / n),
+}
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Every choice of :func:`prune`.
+
+    Args:
+        ratio: fraction of each group's coordinates to remove (``scope="local"``), or of all
+            coordinates together (``"global"``); in ``[0, 1)``. Ignored when a target is set.
+        importance: a registered name (``fxprune.importance_names()``), a ``Criterion``, or a
+            callable ``(dg, group, stats) -> scores``.
+        scope: ``"local"`` (every group loses ``ratio``) or ``"global"`` (one ranking of all
+            normalized scores).
+        ratios: per-module overrides ``{module name: ratio}``; a group takes the override of the
+            longest module name matching a parameter that produces it (a member dim that is not
+            contracted against the group: a conv's out-channels, not its in-channels); a cap
+            under ``"global"``.
+        max_ratio: the largest fraction removed from any group.
+        min_keep: the fewest coordinates a group keeps.
+        round_to: kept counts are rounded up to a multiple of this (hardware friendliness).
+        ignore: modules/parameters whose groups are never pruned (see ``fxprune.selection``).
+        factors: ``"all"``, ``"outer"`` (heads) or ``"inner"`` (head dims), see Note [Product factors].
+        target_macs, target_params: reach this count; ``<= 1`` is a fraction of the original.
+        tolerance: relative tolerance of the target search.
+        iterative_steps: prune in this many steps; ``schedule``: name in ``SCHEDULES`` or callable.
+        leaf_modules: passed to :func:`fxprune.analyze`.
+    """
+
+    ratio: float = 0.5
+    importance: Union[str, Callable] = "l2"
+    scope: str = "local"
+    ratios: dict = field(default_factory=dict)
+    max_ratio: float = 1.0
+    min_keep: int = 1
+    round_to: int = 1
+    ignore: tuple = ()
+    factors: str = "all"
+    target_macs: Optional[float] = None
+    target_params: Optional[float] = None
+    tolerance: float = 0.01
+    iterative_steps: int = 1
+    schedule: Union[str, Callable] = "linear"
+    leaf_modules: tuple = ()
+
+    def __post_init__(self):
+        for name, r in [("ratio", self.ratio)] + [(f"ratios[{k!r}]", v) for k, v in self.ratios.items()]:
+            if not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), the fraction of coordinates to remove; got {r!r}")
+        _check(0.0 < self.max_ratio <= 1.0, f"max_ratio must be in (0, 1], got {self.max_ratio}")
+        _check(self.scope in ("local", "global"), f"scope must be 'local' or 'global', got {self.scope!r}")
+        _check(self.factors in ("all", "outer", "inner"), f"factors must be all/outer/inner, got {self.factors!r}")
+        _check(self.min_keep >= 1 and self.round_to >= 1, "min_keep and round_to must be >= 1")
+        _check(self.iterative_steps >= 1, f"iterative_steps must be >= 1, got {self.iterative_steps}")
+        _check(callable(self.schedule) or self.schedule in SCHEDULES,
+               f"schedule must be one of {sorted(SCHEDULES)} or a callable (k, n, final) -> cumulative")
+        _check(self.target_macs is None or self.target_params is None, "set target_macs or target_params, not both")
+        for t in (self.target_macs, self.target_params):
+            _check(t is None or t > 0, f"targets must be positive, got {t}")
+        _check(0.0 < self.tolerance < 0.5, f"tolerance must be in (0, 0.5), got {self.tolerance}")
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+        object.__setattr__(self, "leaf_modules", tuple(self.leaf_modules))
+        get_importance(self.importance)  # unknown names fail here, not after analysis
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(msg)
+
+
+def score_groups(dg, importance="l2", *, data: Optional[Iterable] = None, loss_fn=None, stats=None) -> dict:
+    """``{group: scores}`` for every group of ``dg`` (None where the criterion has no opinion).
+
+    Example::
+
+        >>> import torch, fxprune
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> dg = fxprune.analyze(net, (torch.randn(1, 4),))
+        >>> [s.shape for s in fxprune.score_groups(dg, "l1").values()]
+        [torch.Size([8])]
+    """
+    crit = get_importance(importance)
+    if crit.needs_data and stats is None:
+        if data is None:
+            raise ValueError(f"importance {importance!r} needs gradients: pass data=[(inputs, labels), ...] "
+                             "(and loss_fn=lambda model, batch: loss if batches are not (x, y) for cross-entropy)")
+        stats = collect_stats(dg.gm, data, loss_fn, fisher=getattr(crit, "needs_fisher", False),
+                              per_batch=isinstance(crit, Taylor) and not crit.elementwise)
+    return {g: crit(dg, g, stats) for g in dg.groups}
+
+
+def plan(dg, scores: dict, cfg: PruneConfig, ratio: Optional[float] = None) -> dict:
+    """Keep-indices ``{group: indices}`` for one ratio (``cfg.ratio`` by default)."""
+    ratio = cfg.ratio if ratio is None else ratio
+    if cfg.scope == "global":
+        return select_global(scores, group_ratios(dg, cfg, cfg.max_ratio), ratio, cfg)
+    return select_local(scores, group_ratios(dg, cfg, ratio), cfg)
+
+
+def _counter(cfg: PruneConfig, inputs) -> Optional[Callable]:
+    if cfg.target_macs is not None:
+        return lambda m: count_macs(m, inputs)
+    if cfg.target_params is not None:
+        return count_params
+    return None
+
+
+def _search(dg, scores, cfg, counter, target: float) -> dict:
+    """Bisection on the ratio until ``counter(pruned)`` is within ``tolerance`` of ``target``."""
+    if counter(dg.gm) <= target * (1 + cfg.tolerance):
+        return {}
+    lo, hi = 0.0, 1.0 - 1e-6
+    floor = counter(apply(dg, plan(dg, scores, cfg, hi)))
+    if floor > target * (1 + cfg.tolerance):
+        raise ValueError(f"target {target:.4g} is unreachable: pruning every prunable group as far as the "
+                         f"limits allow (max_ratio, min_keep, round_to, ignore) leaves {floor}; "
+                         "relax the limits or raise the target")
+    closest = None
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        best = plan(dg, scores, cfg, mid)
+        got = counter(apply(dg, best))
+        if abs(got - target) <= cfg.tolerance * target:
+            return best
+        closest = min(closest or (got, mid), (got, mid), key=lambda t: abs(t[0] - target))
+        lo, hi = (mid, hi) if got > target else (lo, mid)
+    raise ValueError(f"target {target:.4g} is not reachable within {cfg.tolerance:.0%}: the closest count is "
+                     f"{closest[0]} (ratio {closest[1]:.3f}); the groups are too coarse, try scope='global', "
+                     "round_to=1 or a larger tolerance")
+
+
+def _step_ratio(cfg: PruneConfig, k: int) -> Callable:
+    sched = SCHEDULES.get(cfg.schedule, cfg.schedule) if isinstance(cfg.schedule, str) else cfg.schedule
+    n = cfg.iterative_steps
+
+    def rel(final: float) -> float:
+        done, now = sched(k - 1, n, final), sched(k, n, final)
+        return min(max(1.0 - (1.0 - now) / (1.0 - done), 0.0), 1.0 - 1e-6)
+    return rel
+
+
+def _step_config(cfg: PruneConfig, k: int, sched: Callable, original: Optional[int]) -> tuple:
+    """(config for step k, its target count or None)."""
+    if original is not None:
+        final = 1.0 - _absolute(cfg.target_macs or cfg.target_params, original) / original
+        return cfg, original * (1.0 - sched(k, cfg.iterative_steps, final))
+    rel = _step_ratio(cfg, k)
+    return dataclasses.replace(cfg, ratio=rel(cfg.ratio), ratios={m: rel(r) for m, r in cfg.ratios.items()},
+                               max_ratio=max(rel(min(cfg.max_ratio, 1 - 1e-6)), 1e-6)), None
+
+
+def _absolute(target: float, original: int) -> float:
+    t = target * original if target <= 1.0 else target
+    if t >= original:
+        raise ValueError(f"target {target} is not below the model's current count {original}: nothing to prune")
+    return t
+
+
+def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None, *, data=None, loss_fn=None,
+          callback: Optional[Callable] = None, **options) -> fx.GraphModule:
+    """Prune ``model`` structurally: score groups, pick channels, rewrite. ``model`` is not modified.
+
+    Args:
+        model: an ``nn.Module`` or ``fx.GraphModule`` (see :func:`fxprune.analyze`).
+        example_inputs: tuple of positional inputs (also used to count MACs).
+        config: a :class:`PruneConfig`; keyword ``options`` override its fields.
+        data: batches for data-driven criteria (``taylor``, ``hessian``); re-read at every step.
+        loss_fn: ``(model, batch) -> loss``; default cross-entropy on ``(x, y)`` batches.
+        callback: ``callback(step, model)`` after every step (1-based); may return a replacement model.
+
+    Returns:
+        The pruned ``fx.GraphModule``.
+
+    Example::
+
+        >>> import torch, fxprune
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3))
+        >>> x = (torch.randn(1, 3, 16, 16),)
+        >>> small = fxprune.prune(net, x, ratio=0.5, importance="l1", round_to=4)
+        >>> small.get_submodule("0").out_channels
+        8
+        >>> half = fxprune.prune(net, x, target_macs=0.5, scope="global")
+        >>> abs(fxprune.count_macs(half, x) / fxprune.count_macs(net, x) - 0.5) <= 0.01
+        True
+    """
+    cfg = dataclasses.replace(config, **options) if config is not None else PruneConfig(**options)
+    crit = get_importance(cfg.importance)
+    if crit.needs_data and data is None:
+        raise ValueError(f"importance {cfg.importance!r} needs gradients: pass data=[(inputs, labels), ...] "
+                         "and, unless batches are (x, y) for cross-entropy, loss_fn=lambda model, batch: loss")
+    counter = _counter(cfg, example_inputs)
+    original = counter(model) if counter else None
+    sched = SCHEDULES.get(cfg.schedule, cfg.schedule) if isinstance(cfg.schedule, str) else cfg.schedule
+    current = model
+    for k in range(1, cfg.iterative_steps + 1):
+        step_cfg, target = _step_config(cfg, k, sched, original)
+        dg = analyze(current, example_inputs, leaf_modules=cfg.leaf_modules)
+        scores = score_groups(dg, crit, data=data, loss_fn=loss_fn)
+        keep = _search(dg, scores, step_cfg, counter, target) if target else plan(dg, scores, step_cfg)
+        current = apply(dg, keep)
+        if callback is not None:
+            current = callback(k, current) or current
+    return current

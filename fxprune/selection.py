@@ -1,0 +1,192 @@
+"""From scores to keep-indices: ratios, overrides, limits, rounding, ignore rules, global ranking.
+
+Note [Ignore semantics]
+~~~~~~~~~~~~~~~~~~~~~~~
+``ignore`` entries are module qualified names (``"layer4"`` also covers
+``"layer4.0.conv1"``; ``*``/``?`` globs allowed), exact parameter names
+(``"fc.weight"``), module types (``nn.Linear``), module instances or
+``nn.Parameter`` objects. A group is ignored when *any* of its members'
+parameters matches: a group couples every tensor that carries it, so leaving
+one module untouched means leaving the whole group untouched (ignoring ``fc``
+also keeps its input features, i.e. the channels that feed it). Every entry
+must match at least one parameter of the analysed graph, or it is an error.
+
+Note [Product factors]
+~~~~~~~~~~~~~~~~~~~~~~
+Groups are atoms. Where a dimension is a product of two groups (attention:
+``heads x head_dim``; GroupNorm: ``groups x channels_per_group``), the group
+on the left is the *outer* factor. ``factors="outer"`` prunes only outer
+factors of such products (whole heads), ``"inner"`` only inner ones (head
+dims, the same count in every head); groups that never appear in a product of
+groups, or appear on both sides, are pruned either way. With ``"all"`` both are
+pruned and the reductions multiply.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from fxprune.passes import Atom
+
+from .graph import DependencyGraph, Group
+
+__all__ = ["ignored_groups", "factor_roles", "group_ratios", "n_keep", "select_local", "select_global"]
+
+
+def _owner(dg: DependencyGraph, target: str):
+    prefix = target.rpartition(".")[0]
+    try:
+        return prefix, dg.gm.get_submodule(prefix)
+    except AttributeError:
+        return prefix, None
+
+
+def _name_matches(pattern: str, target: str) -> bool:
+    prefix = target.rpartition(".")[0]
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(target, pattern) or fnmatch.fnmatchcase(prefix, pattern)
+    return target == pattern or target.startswith(pattern + ".")
+
+
+def _matcher(dg: DependencyGraph, entry, params: dict):
+    if isinstance(entry, str):
+        return lambda t: _name_matches(entry, t)
+    if isinstance(entry, type) and issubclass(entry, nn.Module):
+        return lambda t: isinstance(_owner(dg, t)[1], entry)
+    if isinstance(entry, nn.Parameter):
+        return lambda t: params.get(t) is entry
+    if isinstance(entry, nn.Module):
+        return lambda t: _owner(dg, t)[1] is entry
+    raise TypeError(f"ignore entries are module names, parameter names, module types, modules or "
+                    f"parameters; got {type(entry).__name__}")
+
+
+def ignored_groups(dg: DependencyGraph, ignore: Iterable) -> set:
+    """Indices of the groups an ``ignore`` list excludes (see Note [Ignore semantics])."""
+    params = dict(dg.gm.named_parameters())
+    targets = set(dg._params) | set(params)
+    out = set()
+    for entry in ignore:
+        match = _matcher(dg, entry, params)
+        if not any(match(t) for t in targets):
+            raise ValueError(f"ignore entry {entry!r} matches no parameter of {dg.source_name}; "
+                             "use a name from model.named_modules()/named_parameters(), a module type, "
+                             "or a module/parameter of this model")
+        out |= {g.index for g in dg.groups if any(match(t) for t, _ in g.members)}
+    return out
+
+
+def factor_roles(dg: DependencyGraph, group: Group) -> set:
+    """``{"outer", "inner"}`` subset: where ``group`` sits in products of groups among its members."""
+    roles = set()
+    for target, d in group.members:
+        for seg in _segments(dg._params[target].dims[d]):
+            ids = [f.id for f in seg if isinstance(f, Atom) and f.id in dg._names]
+            if len(ids) > 1 and group.atom in ids:
+                roles.add("outer" if ids[0] == group.atom else "inner")
+    return roles
+
+
+def _segments(layout):
+    for seg in layout:
+        yield tuple(f for f in seg if isinstance(f, Atom))
+        for f in seg:
+            if not isinstance(f, Atom):
+                yield from _segments(f)
+
+
+def _factor_ok(roles: set, factors: str) -> bool:
+    if factors == "all" or len(roles) != 1:
+        return True
+    return factors in roles
+
+
+def group_ratios(dg: DependencyGraph, cfg, ratio: float) -> dict:
+    """``{group: ratio}`` for every prunable group: overrides, ignore and factor rules applied."""
+    skip = ignored_groups(dg, cfg.ignore)
+    overrides = sorted(cfg.ratios.items(), key=lambda kv: -len(kv[0]))
+    for name, _ in overrides:
+        if not any(_name_matches(name, t) for t in dg._params):
+            raise ValueError(f"ratios key {name!r} matches no parameter of {dg.source_name}; "
+                             "use a module name from model.named_modules()")
+    out = {}
+    for g in dg.groups:
+        if g.index in skip or not _factor_ok(factor_roles(dg, g), cfg.factors):
+            continue
+        r = next((v for k, v in overrides if any(_name_matches(k, t) for t in _producers(dg, g))), ratio)
+        out[g] = min(r, cfg.max_ratio)
+    return out
+
+
+def _producers(dg: DependencyGraph, g: Group) -> list:
+    """Parameters that carry ``g`` in a dim not contracted against it (its producers), else all."""
+    own = [t for t, d in g.members if d not in dg._params[t].consumer_dims]
+    return own or [t for t, _ in g.members]
+
+
+def n_keep(size: int, ratio: float, cfg) -> int:
+    """Coordinates kept from a group of ``size``: at least ``min_keep`` (and ``1 - max_ratio``),
+    rounded up to a multiple of ``round_to``, never more than ``size``."""
+    n = size - int(round(size * ratio))
+    n = max(n, cfg.min_keep, math.ceil(size * (1 - cfg.max_ratio) - 1e-9), 1)
+    if cfg.round_to > 1:
+        n = math.ceil(n / cfg.round_to) * cfg.round_to
+    return min(n, size)
+
+
+def _top(scores: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.sort(torch.topk(scores, n).indices).values
+
+
+def select_local(scores: dict, ratios: dict, cfg) -> dict:
+    """Each group keeps its own top ``n_keep`` coordinates."""
+    keep = {}
+    for g, r in ratios.items():
+        s = scores.get(g)
+        n = n_keep(g.size, r, cfg)
+        if s is not None and n < g.size:
+            keep[g] = _top(s, n)
+    return keep
+
+
+def select_global(scores: dict, ratios: dict, ratio: float, cfg) -> dict:
+    """Rank the coordinates of all groups together; remove the lowest ``ratio`` of them.
+
+    Per-group limits (``max_ratio``, ``min_keep``, per-module ``ratios`` as caps) hold;
+    ``round_to`` then rounds each group's kept count up.
+    """
+    cands = [(g, s) for g, s in scores.items() if g in ratios and s is not None]
+    if not cands:
+        return {}
+    total = sum(g.size for g, _ in cands)
+    budget = int(round(ratio * total))
+    flat = torch.cat([s.double() for _, s in cands])
+    owner = torch.cat([torch.full((g.size,), i) for i, (g, _) in enumerate(cands)])
+    cap = [g.size - n_keep(g.size, ratios[g], _no_round(cfg)) for g, _ in cands]
+    removed = [0] * len(cands)
+    for j in torch.argsort(flat).tolist():
+        if budget == 0:
+            break
+        i = int(owner[j])
+        if removed[i] < cap[i]:
+            removed[i] += 1
+            budget -= 1
+    keep = {}
+    for (g, s), r in zip(cands, removed):
+        n = n_keep(g.size, r / g.size, cfg) if r else g.size
+        if n < g.size:
+            keep[g] = _top(s, n)
+    return keep
+
+
+class _NoRound:
+    def __init__(self, cfg):
+        self.min_keep, self.max_ratio, self.round_to = cfg.min_keep, cfg.max_ratio, 1
+
+
+def _no_round(cfg):
+    return _NoRound(cfg)
