@@ -11,7 +11,7 @@ import torch
 from ..context import IV, OV, SV, TV, RuleContext
 from ..registry import declare_shape, register
 from . import attention, index, linear, norm, pointwise, reduce, sequence, shape, sizes, spatial
-from .common import passthrough, pin_mixed_dynamic
+from .common import passthrough, pin_mixed_dynamic, pin_moving_bounds
 
 aten = torch.ops.aten
 
@@ -29,6 +29,9 @@ _PASSTHROUGH = _packets(
     "dropout", "feature_dropout", "to", "_to_copy", "type_as", "zeros_like", "ones_like", "full_like",
     "empty_like", "lift_fresh_copy", "nan_to_num", "relu6", "logit",
 )
+_PASSTHROUGH += [p for p in _packets(*(f"{n}_" for n in (
+    "silu", "gelu", "hardswish", "hardsigmoid", "hardtanh", "leaky_relu", "elu", "sigmoid", "tanh", "dropout",
+    "feature_dropout", "mish", "neg", "rsqrt", "sqrt", "exp", "clamp", "relu6"))) if p not in _PASSTHROUGH]
 register(*_PASSTHROUGH)(passthrough)
 declare_shape("same", *(p for p in _PASSTHROUGH if p not in (aten.to, aten._to_copy, aten.type_as)))
 
@@ -86,6 +89,14 @@ register(aten.channel_shuffle)(spatial.channel_shuffle)
 register(aten.einsum)(attention.einsum)
 
 
+try:  # the guard module torch.export puts in front of an unlifted graph: checks inputs, returns None
+    from torch.export._unlift import GuardsFn
+
+    register(GuardsFn)(pointwise.python_value)
+except ImportError:  # older torch
+    pass
+
+
 @register(aten.slice)
 def aten_slice(ctx: RuleContext) -> TV:
     """``slice.Tensor(x, dim=0, start=None, end=None, step=1)``."""
@@ -105,6 +116,7 @@ def aten_slice(ctx: RuleContext) -> TV:
     pre, mid, _ = index._pieces(ctx, x, d, [s, e - s, n - e])
     if any(isinstance(v, IV) and not v.literal for v in vals):
         pin_mixed_dynamic(ctx, x.dims[d])
+        pin_moving_bounds(ctx, x.dims[d], vals)
     if py[0] is not None:
         ctx.edit(ctx.path(2, "start"), pre)
     if py[1] is not None and py[1] < n:
