@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-__all__ = ["import_torchvision", "model_names", "build", "input_size", "third_removed_keep", "param_count"]
+__all__ = ["import_torchvision", "model_names", "build", "input_size", "make_informative", "third_removed_keep", "param_count"]
 
 _SHIM_SCHEMAS = {
     "nms": "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -72,8 +72,39 @@ def input_size(name: str) -> int:
     return 64
 
 
-def build(name: str, dtype=torch.float32):
-    """Build ``name`` with ``weights=None`` in eval mode (googlenet/inception without aux heads)."""
+@torch.no_grad()
+def make_informative(model: torch.nn.Module, inputs: tuple, seed: int = 0) -> torch.nn.Module:
+    """Make an untrained model's output depend on every channel, so the oracles are not vacuous.
+
+    Freshly built models are nearly constant functions: zero-initialised heads (ViT's
+    output is exactly 0), biases and layer scales of 0 or 1e-6, and BatchNorm running
+    stats of 0/1 that let activations vanish, so the output is mostly a bias and a
+    wrong channel coupling changes it by ~1e-8 relative. Constant parameters get
+    ``c + 0.1 * randn`` and BatchNorm running stats are recomputed from ``inputs``
+    (one train-mode pass, cumulative average), which keeps activations at unit scale.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        if p.is_floating_point() and p.numel() > 1 and bool((p == p.flatten()[0]).all()):
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    if bns:
+        model(*inputs)
+    for m, (momentum, training) in zip(bns, saved):
+        m.momentum, m.training = momentum, training
+    return model
+
+
+def build(name: str, dtype=torch.float32, informative: bool = True):
+    """Build ``name`` with ``weights=None`` in eval mode (googlenet/inception without aux heads).
+
+    With ``informative`` (default), :func:`make_informative` on a random batch of 4.
+    """
     tv = import_torchvision()
     kw = {"weights": None}
     if name.startswith("inception") or name == "googlenet":
@@ -83,7 +114,11 @@ def build(name: str, dtype=torch.float32):
     elif name.startswith("lraspp"):
         kw.update(weights_backbone=None)
     torch.manual_seed(0)
-    return tv.models.get_model_builder(name)(**kw).to(dtype).eval()
+    model = tv.models.get_model_builder(name)(**kw).to(dtype).eval()
+    if informative:
+        s = input_size(name)
+        make_informative(model, (torch.randn(4, 3, s, s, generator=torch.Generator().manual_seed(2), dtype=dtype),))
+    return model
 
 
 def third_removed_keep(dg) -> dict:
