@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import traceback
 import warnings
 from typing import Iterable, Optional, Sequence
@@ -74,8 +75,11 @@ def _trace(model: nn.Module, leaves: Iterable) -> fx.GraphModule:
 
 def _source_name(node: fx.Node) -> str:
     source = getattr(node.meta.get("grapharg"), "source", None)
+    if source is None:
+        return ""
     try:
-        return source.name() if source is not None else ""
+        name = source.name  # a method in older torch, a property in newer
+        return name() if callable(name) else str(name)
     except Exception:
         return str(source)
 
@@ -87,6 +91,77 @@ def _is_param_input(node: fx.Node, example) -> bool:
     # dynamo's GraphArg source while compiling; its placeholder names afterwards
     name = _source_name(node) or str(node.target)
     return any(k in name for k in ("_parameters", "_buffers", "parameters_", "buffers_"))
+
+
+_SOURCE_STEP = re.compile(r"\._(modules|parameters|buffers)\[(['\"])(.*?)\2\]")
+_STACK_STEP = re.compile(r"\[(['\"]?)([^\]'\"]*)\1\]")
+
+
+def _original_fqn(node: fx.Node) -> Optional[str]:
+    """``conv.weight`` for dynamo's source ``L['self']._modules['conv']._parameters['weight']``.
+
+    Only a source that ends in a chain of ``_modules[...]`` steps and one ``_parameters``/
+    ``_buffers`` step off the compiled root gets a name; anything else (a global module,
+    a tensor attribute) is None and keeps a generated name.
+    """
+    src = _source_name(node)
+    steps = list(_SOURCE_STEP.finditer(src))
+    if not steps or steps[-1].end() != len(src) or steps[-1].group(1) == "modules":
+        return None
+    if any(a.end() != b.start() for a, b in zip(steps, steps[1:])) or any(m.group(1) != "modules" for m in steps[:-1]):
+        return None
+    return ".".join(m.group(3) for m in steps)
+
+
+def _stack_path(path: str) -> str:
+    """``L['self'].blocks[0].conv`` / ``L['self'].blocks.0.conv`` -> ``blocks.0.conv``."""
+    path = _STACK_STEP.sub(lambda m: "." + m.group(2), path)
+    for root in ("L.self", "self"):
+        if path == root or path.startswith(root + "."):
+            return path[len(root) + 1:]
+    return path
+
+
+def _owner_types(graph: fx.Graph) -> dict:
+    """``{module path: module type}`` from dynamo's ``nn_module_stack`` metadata."""
+    types = {}
+    for node in graph.nodes:
+        for path, cls in (node.meta.get("nn_module_stack") or {}).values():
+            if isinstance(path, str) and isinstance(cls, type):
+                p = _stack_path(path)
+                types.setdefault(p, cls)
+    return types
+
+
+def _lifted_names(placeholders: list, lifted: list) -> list:
+    """Attribute names for the lifted placeholders: the original qualified name where dynamo
+    says it (so names match ``model.named_parameters()``), else ``_lifted_<k>_<placeholder>``."""
+    fqns = [_original_fqn(placeholders[i]) for i in lifted]
+    counts: dict = {}
+    for f in fqns:
+        counts[f] = counts.get(f, 0) + 1
+    # a name that is also a prefix of another one cannot be both an attribute and a module
+    prefixes = {f.rpartition(".")[0] for f in fqns if f}
+    out = []
+    for k, (i, f) in enumerate(zip(lifted, fqns)):
+        ok = f and counts[f] == 1 and f not in prefixes and not f.startswith("_lifted_")
+        out.append(f if ok else f"_lifted_{k}_{placeholders[i].name}")
+    return out
+
+
+def _set_path(root: nn.Module, name: str, t: torch.Tensor) -> None:
+    *prefix, leaf = name.split(".")
+    owner = root
+    for part in prefix:
+        sub = owner._modules.get(part)
+        if sub is None:
+            sub = nn.Module()
+            owner.add_module(part, sub)
+        owner = sub
+    if isinstance(t, nn.Parameter):
+        owner.register_parameter(leaf, t)
+    else:
+        owner.register_buffer(leaf, t)
 
 
 def _copy_graph(gm: fx.GraphModule) -> fx.Graph:
@@ -104,22 +179,31 @@ def _from_graph_module(gm: fx.GraphModule, inputs: tuple) -> Captured:
     if not lifted:
         return Captured(fx.GraphModule(gm, graph, gm.__class__.__name__), "GraphModule", inputs)
     root = nn.Module()
-    for k, i in enumerate(lifted):
+    for name, sub in gm.named_children():
+        root.add_module(name, sub)
+    taken = set(root._modules) | {n for n, _ in gm.named_parameters(recurse=False)} | \
+        {n for n, _ in gm.named_buffers(recurse=False)}
+    for k, (name, i) in enumerate(zip(_lifted_names(placeholders, lifted), lifted)):
         node, t = placeholders[i], inputs[i]
-        name = f"_lifted_{k}_{node.name}"
-        if isinstance(t, nn.Parameter):
-            root.register_parameter(name, t)
-        else:
-            root.register_buffer(name, t)
+        if name.partition(".")[0] in taken:  # never add attributes to the graph's own submodules
+            name = f"_lifted_{k}_{node.name}"
+        _set_path(root, name, t)
         with graph.inserting_before(node), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the owning module is built right after
             attr = graph.get_attr(name)
         node.replace_all_uses_with(attr)
         graph.erase_node(node)
-    for name, sub in gm.named_children():
-        root.add_module(name, sub)
+    new = fx.GraphModule(root, graph, gm.__class__.__name__)
+    # the owners' original classes, for ignore-by-type and type-aware criteria (see fxprune.backend)
+    for path, cls in _owner_types(gm.graph).items():
+        try:
+            owner = new.get_submodule(path)
+        except AttributeError:
+            continue
+        if owner is not new and type(owner) is nn.Module:
+            owner.source_type = cls
     rest = tuple(x for i, x in enumerate(inputs) if i not in set(lifted))
-    return Captured(fx.GraphModule(root, graph, gm.__class__.__name__), "GraphModule (parameters lifted from inputs)", rest, lifted)
+    return Captured(new, "GraphModule (parameters lifted from inputs)", rest, lifted)
 
 
 def _auto_dynamic(model: nn.Module, args: tuple, kwargs: dict):
