@@ -16,6 +16,7 @@ from .counting import Count, compare, count, count_macs, count_params, group_tab
 from .importance import (BNScale, Criterion, Elementwise, FPGM, Hessian, Magnitude, Random, Taylor, get_importance,
                          importance_names, register_importance)
 from .pruner import PruneConfig, plan, prune, score_groups
+from .backend import backend
 from .selection import factor_roles, ignored_groups
 from .sparsity import GroupSparsity
 from .stats import collect_stats
@@ -26,7 +27,7 @@ __all__ = [
     "analyze", "apply", "verify", "DependencyGraph", "Group", "VerifyReport", "relative_error",
     "FxPruneError", "CaptureError", "KeepIndicesError", "GroupMismatchError", "OracleMismatchError",
     "passes",
-    "prune", "PruneConfig", "plan", "score_groups", "collect_stats", "GroupSparsity",
+    "prune", "PruneConfig", "plan", "score_groups", "backend", "collect_stats", "GroupSparsity",
     "Criterion", "Elementwise", "Magnitude", "BNScale", "Taylor", "Hessian", "FPGM", "Random",
     "register_importance", "get_importance", "importance_names", "factor_roles", "ignored_groups",
     "Count", "count", "count_macs", "count_params", "compare", "group_table", "latency",
