@@ -37,11 +37,22 @@ class IV:
 
     ``read`` is set for a direct read of a tensor's size (``x.size(1)``,
     ``x.shape[1]``); ``literal`` for a constant written in the graph.
+    ``deps`` lists the layouts of every size the value was computed from
+    (``x.shape[-1] // 2``), or is None where that is not known.
     """
 
     value: Any
     read: Optional[Layout] = None
     literal: bool = False
+    deps: Optional[tuple] = None
+
+    def sources(self) -> Optional[tuple]:
+        """Layouts of the sizes this value depends on; () for a literal, None if unknown."""
+        if self.literal:
+            return ()
+        if self.read is not None:
+            return (self.read,)
+        return self.deps
 
 
 @dataclass(eq=False)
