@@ -72,8 +72,22 @@ declare_shape("broadcast", *ARITHMETIC)
 def elementwise(ctx: RuleContext):
     tvs = tensors_in(ctx)
     if not tvs:  # arithmetic on Python numbers (sizes): the value is what ran
-        return IV(ctx.out) if isinstance(ctx.out, (int, float, bool)) else OV(ctx.out)
+        return IV(ctx.out, deps=_size_deps(ctx)) if isinstance(ctx.out, (int, float, bool)) else OV(ctx.out)
     return broadcast(ctx, tvs)
+
+
+def _size_deps(ctx: RuleContext):
+    """The sizes a Python number computed from Python numbers depends on (None: unknown)."""
+    deps: list = []
+    for raw in (*ctx.node.args, *ctx.node.kwargs.values()):
+        val = ctx.v(raw)
+        if isinstance(val, OV) and isinstance(val.value, (type(None), str)):
+            continue
+        src = val.sources() if isinstance(val, IV) else None
+        if src is None:
+            return None
+        deps.extend(src)
+    return tuple(deps)
 
 
 @register(F.prelu)
