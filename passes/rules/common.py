@@ -6,7 +6,7 @@ from typing import Sequence
 from ..axes import UNIT
 from ..context import IV, SV, TV, RuleContext, RuleError
 
-__all__ = ["broadcast", "passthrough", "tensors_in", "dims_arg", "pin_mixed_dynamic", "size_arg_edit"]
+__all__ = ["broadcast", "passthrough", "tensors_in", "dims_arg", "pin_mixed_dynamic", "pin_moving_bounds", "size_arg_edit"]
 
 
 def tensors_in(ctx: RuleContext) -> list:
@@ -66,6 +66,20 @@ def pin_mixed_dynamic(ctx: RuleContext, layout) -> None:
         static = [a for a in atoms if not axes.is_dynamic(a)]
         if static:
             ctx.pin(tuple((a,) for a in static), f"run-time size mixes prunable and dynamic axes at {ctx.where}")
+
+
+def pin_moving_bounds(ctx: RuleContext, layout, bounds) -> None:
+    """Slice bounds computed at run time from a dynamic size (``cos[:seq_len]``) move with it:
+    the pieces they cut are not fixed coordinates, so the whole sliced dimension is pinned.
+    Bounds computed from static sizes only (``x[..., : x.shape[-1] // 2]``) are rewritten instead."""
+    axes = ctx.axes
+    for v in bounds:
+        if not isinstance(v, IV) or v.literal:
+            continue
+        deps = v.sources()
+        if deps is None or any(axes.is_dynamic(a) for dep in deps for a in axes.atoms(dep)):
+            ctx.pin(layout, f"slice bound computed at run time at {ctx.where}")
+            return
 
 
 def size_arg_edit(ctx: RuleContext, path: tuple, raw, layout) -> None:
