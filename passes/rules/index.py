@@ -7,7 +7,7 @@ import torch
 
 from ..context import IV, OV, SV, TV, RuleContext, RuleError
 from ..registry import method, register
-from .common import pin_mixed_dynamic
+from .common import pin_mixed_dynamic, pin_moving_bounds
 
 __all__ = ["cat", "stack", "split", "unbind", "narrow", "select", "getitem"]
 
@@ -112,6 +112,7 @@ def narrow(ctx: RuleContext) -> TV:
     for v in (start, length):
         if not v.literal:
             pin_mixed_dynamic(ctx, x.dims[d])
+    pin_moving_bounds(ctx, x.dims[d], (start, length))
     ctx.edit(ctx.path(2, "start"), pre)
     ctx.edit(ctx.path(3, "length"), mid)
     dims = list(x.dims)
@@ -140,6 +141,7 @@ def _slice_dim(ctx: RuleContext, x: TV, d: int, sl: slice, path: tuple):
     pre, mid, _ = _pieces(ctx, x, d, [s, e - s, n - e])
     if any(isinstance(v, IV) and not v.literal for v in vals):
         pin_mixed_dynamic(ctx, x.dims[d])
+        pin_moving_bounds(ctx, x.dims[d], vals)
     ctx.edit(path, [pre, mid], kind="slice")
     return mid
 
