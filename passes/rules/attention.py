@@ -134,8 +134,9 @@ def sdpa(ctx: RuleContext) -> TV:
     if gqa:  # enable_gqa: query heads are product(kv heads, repeats)
         rep = ctx.fresh(q.shape[-3] // k.shape[-3])
         ctx.unify(q.dims[-3], ctx.axes.product(k.dims[-3], rep))
-    for t in (k, v):
-        for i in range(3 if gqa else 2, min(q.ndim, t.ndim) + 1):
+        ctx.unify(k.dims[-3], v.dims[-3])
+    for t in (k, v):  # batch dims: everything before (heads,) L/S, E
+        for i in range(4 if gqa else 3, min(q.ndim, t.ndim) + 1):
             if t.shape[-i] != 1 and q.shape[-i] != 1:
                 ctx.unify(q.dims[-i], t.dims[-i])
     mask = ctx.tensor(3, "attn_mask", default=None)
