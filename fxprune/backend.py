@@ -235,6 +235,7 @@ class PruningBackend:
         self.timings: list = []
         self._params: Optional[dict] = None  # id -> (weakref, name) of the first graph's parameters
         self._decision: Optional[list] = None  # [(member keys, size, keep or None)]
+        self._frozen: dict = {}  # id(original tensor) -> its pruned copy from the first compile
 
     def __repr__(self) -> str:
         return f"fxprune.backend({self.config}, then={self.then!r})"
@@ -294,6 +295,30 @@ class PruningBackend:
                 keep[g] = hits[0][1]
         return keep
 
+    def _snapshot(self, dg, pruned: fx.GraphModule, replayed: bool) -> None:
+        """The compiled function is a snapshot of the parameters at the first compile: a
+        recompile reuses those pruned tensors (not the model's current values)."""
+        tensors = [*pruned.named_parameters(remove_duplicate=False), *pruned.named_buffers(remove_duplicate=False)]
+        if not replayed:
+            self._frozen = {}
+            for name, t in tensors:
+                original = _fetch(dg.gm, name)
+                if t.untyped_storage().data_ptr() == original.untyped_storage().data_ptr():
+                    t = _clone(t)  # the rewrite shares the storage of unpruned tensors with the model
+                    _set_tensor(pruned, name, t)
+                self._frozen[id(original)] = t
+            return
+        for name, t in tensors:
+            old = self._frozen.get(id(_fetch(dg.gm, name)))
+            if old is None:
+                raise RecompileMismatchError(f"the recompiled graph reads {name}, which the first compile did not; "
+                                             f"the code path changed between compiles; {_AHEAD}")
+            if old.shape != t.shape or old.dtype != t.dtype:
+                raise RecompileMismatchError(
+                    f"the recompiled graph prunes {name} to {tuple(t.shape)}, the first compile to "
+                    f"{tuple(old.shape)}; {_AHEAD}")
+            _set_tensor(pruned, name, old)
+
     # -- the backend ----------------------------------------------------------------------
     def __call__(self, gm: fx.GraphModule, example_inputs):
         _refuse_graph_break(gm)
@@ -309,6 +334,7 @@ class PruningBackend:
             self._params = {i: (weakref.ref(t), name) for i, (t, name) in current.items()}
             keep = self._decide(dg)
         pruned = apply(dg, keep)
+        self._snapshot(dg, pruned, replayed)
         _freeze(pruned)
         prune_s = time.perf_counter() - start
         lifted = frozenset(dg.lifted)
@@ -319,7 +345,7 @@ class PruningBackend:
         self.pruned_gm = pruned
         self.timings.append({"prune_s": prune_s, "compile_s": compile_s, "replayed": replayed,
                              "groups": len(dg.groups), "pruned_groups": len(keep)})
-        return _drop_positions(compiled, lifted)
+        return _drop_positions(compiled, {i: weakref.ref(example_inputs[i]) for i in lifted})
 
 
 def _atom_paths(layout, atom: int, prefix: tuple = ()) -> tuple:
@@ -333,6 +359,18 @@ def _atom_paths(layout, atom: int, prefix: tuple = ()) -> tuple:
             else:
                 out.extend(_atom_paths(f, atom, prefix + (i, j)))
     return tuple(out)
+
+
+def _clone(t: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        c = t.detach().clone()
+    return nn.Parameter(c, requires_grad=False) if isinstance(t, nn.Parameter) else c
+
+
+def _set_tensor(gm: fx.GraphModule, name: str, t: torch.Tensor) -> None:
+    owner, _, leaf = name.rpartition(".")
+    mod = gm.get_submodule(owner)
+    (mod._parameters if leaf in mod._parameters else mod._buffers)[leaf] = t
 
 
 def _concrete(x):
@@ -355,13 +393,25 @@ def _freeze(gm: fx.GraphModule) -> None:
             node.meta.pop(key, None)
 
 
-def _drop_positions(compiled: Callable, lifted: frozenset) -> Callable:
+def _drop_positions(compiled: Callable, lifted: dict) -> Callable:
     """Dynamo calls a backend's function with every graph input (unboxed, whatever a
-    ``_boxed_call`` attribute copied by ``functools.wraps`` says); the pruned graph takes the rest."""
+    ``_boxed_call`` attribute copied by ``functools.wraps`` says); the pruned graph takes the rest.
+
+    Dynamo's guards treat parameters as inputs: it reuses this function for another instance of
+    the same module class (same code, other weights). The pruned graph has the first one's
+    parameters frozen in, so a call with other parameter tensors is refused, never answered wrong.
+    """
     if not lifted:
         return compiled
 
     def run(*args):
+        for i, ref in lifted.items():
+            if args[i] is not ref():
+                raise DifferentGraphError(
+                    "this torch.compile'd function was pruned by fxprune.backend with the parameters of "
+                    "another module instance (dynamo reuses compiled code across instances of one class, "
+                    "passing their parameters as inputs; the pruned graph has the first instance's frozen in). "
+                    "Fix: torch._dynamo.reset() and create a new fxprune.backend(...) per model, or " + _AHEAD)
         return compiled(*[a for i, a in enumerate(args) if i not in lifted])
 
     run.__wrapped__ = compiled
