@@ -42,7 +42,9 @@ inlines every module).
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
+import types
 import weakref
 from typing import Callable, Optional, Union
 
@@ -416,3 +418,15 @@ def _drop_positions(compiled: Callable, lifted: dict) -> Callable:
 
     run.__wrapped__ = compiled
     return run
+
+
+class _CallableModule(types.ModuleType):
+    """``fxprune.backend`` names both this module and the function: tools that import the
+    submodule by path (pytest's importlib mode, reloaders) rebind ``fxprune.backend`` to the
+    module, which then still works as ``fxprune.backend(...)``."""
+
+    def __call__(self, config: Optional[PruneConfig] = None, **kwargs) -> PruningBackend:
+        return backend(config, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
