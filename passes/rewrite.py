@@ -41,11 +41,11 @@ def _fetch(root: nn.Module, target: str) -> Any:
 
 @torch.no_grad()
 def _pruned_tensor(t: torch.Tensor, dims: tuple, keep: dict) -> torch.Tensor:
-    out = t.detach()
+    out, selected = t.detach(), False
     for d, layout in enumerate(dims):
         if touches(layout, keep):
-            out = out.index_select(d, flat_indices(layout, keep).to(out.device))
-    out = out.clone() if out is t.detach() else out.contiguous()
+            out, selected = out.index_select(d, flat_indices(layout, keep).to(out.device)), True
+    out = out.contiguous() if selected else out.clone()  # never share storage with the input model
     if isinstance(t, nn.Parameter):
         return nn.Parameter(out, requires_grad=t.requires_grad)
     return out

@@ -61,10 +61,14 @@ def test_apply_prunes_and_keeps_the_input_model_intact():
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
     assert all(META_KEY not in n.meta for n in fx.symbolic_trace(model).graph.nodes)
-    # the pruned model owns its tensors: training it cannot touch the original
+    # the pruned model owns its tensors, pruned or not: training it cannot touch the original
     with torch.no_grad():
-        pruned.get_submodule("0").weight.zero_()
-    assert torch.equal(model[0].weight, state["0.weight"])
+        for p in pruned.parameters():
+            p.zero_()
+        for b in pruned.buffers():
+            b.zero_()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
 
 
 def test_graph_module_input_is_not_annotated_in_place():
