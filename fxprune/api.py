@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Optional, Union
 
 import torch
-import torch.fx as fx
 import torch.nn as nn
 
 from fxprune.passes import analyze_graph, rewrite_graph
