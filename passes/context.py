@@ -125,7 +125,7 @@ class RuleContext:
         val = self.v(raw)
         if isinstance(val, TV):
             return val
-        if default is not MISSING and raw is None:
+        if default is not MISSING and (raw is None or isinstance(val, OV) and val.value is None):  # None placeholder
             return default
         raise RuleError(f"argument {name or i} is not a tensor")
 
