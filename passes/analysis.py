@@ -82,6 +82,7 @@ class _Analyzer(fx.Interpreter):
         self.uses: dict[fx.Node, list] = defaultdict(list)
         self.consumers: dict[int, set] = defaultdict(set)
         self.unknown: list = []
+        self.unused: list = []  # get_attr nodes without users
         self.on_meta = False
 
     # -- values -------------------------------------------------------------
@@ -124,6 +125,16 @@ class _Analyzer(fx.Interpreter):
         for tv in iter_tensors(val):
             for d in tv.dims:
                 self.axes.pin(d, "attribute read by no op")
+
+    def pin_unused_attrs(self) -> None:
+        """Pin tensors read only by get_attr nodes nothing uses. A tensor that some op uses
+        (a tied weight export reads under two names) keeps its groups."""
+        dead = set(self.unused)
+        used = {key for node, uses in self.uses.items() if node not in dead for _, key in uses}
+        for n in self.unused:
+            val = self.values.get(n)
+            if not (isinstance(val, TV) and val.source in used):
+                self._pin_unused(val)
 
     def mark_consumer(self, key: int, dim: int) -> None:
         self.consumers[key].add(dim)
@@ -168,7 +179,7 @@ class _Analyzer(fx.Interpreter):
         if n.op == "get_attr":
             val = self.param_value(n, n.target, out)
             if not n.users:
-                self._pin_unused(val)
+                self.unused.append(n)
             return val
         if n.op == "output":
             for tv in iter_tensors(self.value_of(n.args[0])):
@@ -232,6 +243,7 @@ def analyze_graph(gm: fx.GraphModule, example_inputs: tuple) -> AnalysisResult:
         An :class:`AnalysisResult` holding the axis table and the groups.
     """
     analyzer, mode = _propagate(gm, example_inputs)
+    analyzer.pin_unused_attrs()
     return _finalize(gm, analyzer, mode)
 
 
