@@ -15,7 +15,7 @@ from .common import passthrough, pin_mixed_dynamic, pin_moving_bounds
 
 aten = torch.ops.aten
 
-__all__ = ["aten_slice", "aten_embedding", "aten_convolution", "aten_sym_size", "aten_native_batch_norm"]
+__all__ = ["aten_split", "aten_slice", "aten_embedding", "aten_convolution", "aten_sym_size", "aten_native_batch_norm"]
 
 
 def _packets(*names: str) -> list:
@@ -62,7 +62,7 @@ register(aten.expand)(shape.expand)
 register(aten.repeat)(shape.repeat)
 register(aten.cat)(index.cat)
 register(aten.stack)(index.stack)
-register(*_packets("split", "split_with_sizes"))(index.split)
+register(aten.split_with_sizes)(index.split)
 register(aten.chunk)(index.chunk)
 register(aten.unbind)(index.unbind)
 register(aten.select)(index.select)
@@ -157,3 +157,15 @@ def aten_native_batch_norm(ctx: RuleContext) -> SV:
     out = ctx.result(x.dims, out=ctx.out[0])
     rest = [ctx.analyzer.from_output(o, f"batch-norm statistics at {ctx.where}") for o in ctx.out[1:]]
     return SV((out, *rest))
+
+
+@register(aten.split)
+def aten_split(ctx: RuleContext) -> SV:
+    """``split.Tensor(x, split_size: int, dim)``: pieces that stop being equal need
+    ``split_with_sizes``, so an edited node is retargeted to it."""
+    x = ctx.tensor(0, "self")
+    d = ctx.dim(int(ctx.const(2, "dim", 0)), x.ndim)
+    val, pieces = index._split_outputs(ctx, x, d)
+    ctx.edit(ctx.path(1, "split_size"), pieces, kind="sizes")
+    ctx.retarget = aten.split_with_sizes.default
+    return val
