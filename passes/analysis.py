@@ -73,17 +73,23 @@ def _meta_tensor(t: Optional[torch.Tensor], memo: dict):
 
 
 class _Analyzer(fx.Interpreter):
-    def __init__(self, module: nn.Module, graph: fx.Graph):
+    def __init__(self, module: nn.Module, graph: fx.Graph, parent: Optional["_Analyzer"] = None,
+                 seed: Optional[list] = None):
         super().__init__(module, graph=graph, garbage_collect_values=True)
-        self.axes = AxisTable()
         self.values: dict[fx.Node, Any] = {}
         self.contexts: dict[fx.Node, RuleContext] = {}
-        self.param_layouts: dict[int, tuple] = {}
-        self.uses: dict[fx.Node, list] = defaultdict(list)
-        self.consumers: dict[int, set] = defaultdict(set)
-        self.unknown: list = []
         self.unused: list = []  # get_attr nodes without users
-        self.on_meta = False
+        self.seed, self.result = seed, None  # a subgraph's input values and output value
+        if parent is None:
+            self.axes = AxisTable()
+            self.param_layouts: dict[int, tuple] = {}
+            self.uses: dict[fx.Node, list] = defaultdict(list)
+            self.consumers: dict[int, set] = defaultdict(set)
+            self.unknown: list = []
+            self.on_meta = False
+        else:  # a subgraph shares the axes and parameter tables of its parent
+            for name in ("axes", "param_layouts", "uses", "consumers", "unknown", "on_meta"):
+                setattr(self, name, getattr(parent, name))
 
     # -- values -------------------------------------------------------------
     def value_of(self, raw: Any) -> Any:
@@ -163,6 +169,16 @@ class _Analyzer(fx.Interpreter):
         shape = torch.broadcast_shapes(*(t.shape for t in tensors))
         return torch.empty(shape, dtype=dtype, device="meta")
 
+    def call_function(self, target, args, kwargs):
+        if self.on_meta:
+            return _meta_call(super().call_function, target, args, kwargs)
+        return super().call_function(target, args, kwargs)
+
+    def call_method(self, target, args, kwargs):
+        if self.on_meta:
+            return _meta_call(super().call_method, target, args, kwargs)
+        return super().call_method(target, args, kwargs)
+
     def run_node(self, n: fx.Node) -> Any:
         try:
             out = self._shortcut(n)
@@ -175,12 +191,17 @@ class _Analyzer(fx.Interpreter):
 
     def _analyze(self, n: fx.Node, out: Any) -> Any:
         if n.op == "placeholder":
+            if self.seed is not None:
+                return self.seed.pop(0)
             return self.from_output(out, f"graph input '{n.name}'")
         if n.op == "get_attr":
             val = self.param_value(n, n.target, out)
             if not n.users:
                 self.unused.append(n)
             return val
+        if n.op == "output" and self.seed is not None:
+            self.result = self.value_of(n.args[0])
+            return None
         if n.op == "output":
             for tv in iter_tensors(self.value_of(n.args[0])):
                 for d in tv.dims:
@@ -210,6 +231,64 @@ class _Analyzer(fx.Interpreter):
             for name, t in [*ctx.module.named_parameters(), *ctx.module.named_buffers()]:
                 ctx.pin_value(self.param_value(n, f"{n.target}.{name}", t), reason)
         return self.from_output(ctx.out, reason)
+
+
+def _to_meta_device(args: tuple, kwargs: dict) -> tuple:
+    """On meta, devices named in the graph (``.to("cpu")``, factories with ``device=``) become meta."""
+    def swap(a):
+        if isinstance(a, torch.device) or (isinstance(a, str) and a.split(":")[0] in ("cpu", "cuda", "mps", "xpu")):
+            return torch.device("meta")
+        return a
+
+    kwargs = dict(kwargs)
+    if kwargs.get("device") is not None:
+        kwargs["device"] = torch.device("meta")
+    return tuple(swap(a) for a in args), kwargs
+
+
+class _MetaRunner(fx.Interpreter):
+    """Runs a subgraph (of a higher-order op) on meta tensors, devices swapped like the main graph."""
+
+    def call_function(self, target, args, kwargs):
+        return _meta_call(super().call_function, target, args, kwargs)
+
+    def call_method(self, target, args, kwargs):
+        return _meta_call(super().call_method, target, args, kwargs)
+
+
+def _meta_call(call, target, args, kwargs):
+    args, kwargs = _to_meta_device(args, kwargs)
+    if getattr(target, "__name__", "") == "wrap_with_set_grad_enabled":  # (enabled, subgraph, *inputs)
+        enabled, sub, *inputs = args
+        with torch.set_grad_enabled(enabled):
+            return _MetaRunner(sub).run(*inputs)
+    return call(target, args, kwargs)
+
+
+@registry.register(torch.ops.higher_order.wrap_with_set_grad_enabled)
+def grad_mode_region(ctx: RuleContext) -> Any:
+    """``wrap_with_set_grad_enabled(enabled, subgraph, *inputs)`` (torch.export's no_grad regions).
+
+    The subgraph is analysed in place, sharing the axis table. The rewrite does
+    not edit subgraphs, so every axis whose size literal or run-time size read
+    it would have to change is pinned.
+    """
+    parent = ctx.analyzer
+    _, sub, *inputs = ctx.node.args
+    sub_gm = parent.fetch_attr(sub.target)
+    child = _Analyzer(sub_gm, sub_gm.graph, parent=parent, seed=[ctx.v(a) for a in inputs])
+    child.run(*(parent.env[a] if isinstance(a, fx.Node) else a for a in inputs))
+    reason = f"size used inside the subgraph of {ctx.where}"
+    for c in child.contexts.values():
+        for _, layouts, _, _ in c.edits:
+            for layout in layouts if isinstance(layouts, list) else [layouts]:
+                ctx.pin(layout, reason)
+        if c.size_read is not None:
+            ctx.pin(c.size_read, reason)
+        for _, layouts in c.attrs:
+            for layout in layouts if isinstance(layouts, list) else [layouts]:
+                ctx.pin(layout, reason)
+    return child.result
 
 
 def _to_meta(x: Any) -> Any:
