@@ -142,7 +142,6 @@ def task_e2e(tool, name, reps):
 
 
 def task_latency(name, ratios, runs, threads):
-    import torch
     import fxprune
     import suite_models
     model, args, kwargs = suite_models.build("torchvision", name, side=224)

@@ -46,6 +46,7 @@ import sys
 import time
 import types
 import weakref
+from operator import attrgetter
 from typing import Callable, Optional, Union
 
 import torch
@@ -153,11 +154,6 @@ def _refuse_graph_break(gm: fx.GraphModule) -> None:
         "torch.compile(..., fullgraph=True) makes the first one an error), or " + _AHEAD)
 
 
-def _fetch(root: nn.Module, target: str):
-    obj = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 class _LiftedBNScale(BNScale):
@@ -206,7 +202,7 @@ def _resolve_ignore(dg, cfg: PruneConfig) -> PruneConfig:
             names = [t for t in targets if (c := _owner_class(dg, t)[1]) is not None and issubclass(c, entry)]
         elif isinstance(entry, nn.Module):
             own = {id(t) for t in entry.parameters(recurse=False)} | {id(t) for t in entry.buffers(recurse=False)}
-            names = [t for t in targets if id(_fetch(dg.gm, t)) in own]
+            names = [t for t in targets if id(attrgetter(t)(dg.gm)) in own]
         else:
             out.append(entry)
             continue
@@ -268,7 +264,7 @@ class PruningBackend:
     def _member_keys(dg, group) -> frozenset:
         """``(id(tensor), dim, where the group sits in that dim's layout)`` for every member: a dim
         may carry several groups (a product ``heads x head_dim``, a concatenation)."""
-        return frozenset((id(_fetch(dg.gm, t)), d, _atom_paths(dg._params[t].dims[d], group.atom))
+        return frozenset((id(attrgetter(t)(dg.gm)), d, _atom_paths(dg._params[t].dims[d], group.atom))
                          for t, d in group.members)
 
     # -- decisions ------------------------------------------------------------------------
@@ -303,15 +299,11 @@ class PruningBackend:
         tensors = [*pruned.named_parameters(remove_duplicate=False), *pruned.named_buffers(remove_duplicate=False)]
         if not replayed:
             self._frozen = {}
-            for name, t in tensors:
-                original = _fetch(dg.gm, name)
-                if t.untyped_storage().data_ptr() == original.untyped_storage().data_ptr():
-                    t = _clone(t)  # the rewrite shares the storage of unpruned tensors with the model
-                    _set_tensor(pruned, name, t)
-                self._frozen[id(original)] = t
+            for name, t in tensors:  # the rewrite gives every tensor its own storage
+                self._frozen[id(attrgetter(name)(dg.gm))] = t
             return
         for name, t in tensors:
-            old = self._frozen.get(id(_fetch(dg.gm, name)))
+            old = self._frozen.get(id(attrgetter(name)(dg.gm)))
             if old is None:
                 raise RecompileMismatchError(f"the recompiled graph reads {name}, which the first compile did not; "
                                              f"the code path changed between compiles; {_AHEAD}")
@@ -361,12 +353,6 @@ def _atom_paths(layout, atom: int, prefix: tuple = ()) -> tuple:
             else:
                 out.extend(_atom_paths(f, atom, prefix + (i, j)))
     return tuple(out)
-
-
-def _clone(t: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        c = t.detach().clone()
-    return nn.Parameter(c, requires_grad=False) if isinstance(t, nn.Parameter) else c
 
 
 def _set_tensor(gm: fx.GraphModule, name: str, t: torch.Tensor) -> None:

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from operator import attrgetter
 from typing import Optional
 
-import torch.fx as fx
 from tabulate import tabulate
 
 from fxprune.passes import AnalysisResult, Atom, get_channel_meta
@@ -92,7 +92,7 @@ class DependencyGraph:
     def _member_layouts(self, group: Group):
         for target, d in group.members:
             use = self._params[target]
-            shape = _shape_of(self.gm, target)
+            shape = tuple(attrgetter(target)(self.gm).shape)
             yield target, d, shape, use.dims[d]
 
     def __repr__(self) -> str:
@@ -142,10 +142,3 @@ def _clip(s: str, n: int) -> str:
 def _short_members(g: Group) -> str:
     names = [f"{t}[{d}]" for t, d in g.members[:2]]
     return _clip(", ".join(names) + (f" +{len(g.members) - 2}" if len(g.members) > 2 else ""), 60)
-
-
-def _shape_of(gm: fx.GraphModule, target: str) -> tuple:
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return tuple(obj.shape)

@@ -17,6 +17,7 @@ Custom criteria: subclass :class:`Criterion` or :class:`Elementwise`, or pass a 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Callable, Optional, Union
 
 import torch
@@ -68,18 +69,12 @@ def coordinate_map(layout, atom: int) -> torch.Tensor:
     return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
 
 
-def _fetch(root, target: str):
-    for part in target.split("."):
-        root = getattr(root, part)
-    return root
-
-
 @torch.no_grad()
 def magnitude(dg: DependencyGraph, group: Group, p: float = 2.0) -> torch.Tensor:
     """The L-p norm of every coordinate of ``group`` over all its member slices."""
     scores = torch.zeros(group.size, dtype=torch.float64)
     for target, d in group.members:
-        t = _fetch(dg.gm, target)
+        t = attrgetter(target)(dg.gm)
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             continue
         scores.index_add_(0, *_to_coords(t.detach().double().abs().pow(p), d, dg, target, group))

@@ -100,9 +100,10 @@ def _random_keep(size: int, fraction_removed: float, gen: torch.Generator) -> to
 
 @torch.no_grad()
 def _zero_removed_consumers(gm: nn.Module, keep: dict) -> None:
+    params = dict(gm.named_parameters())
     for node in gm.graph.nodes:
         for use in get_channel_meta(node).params:
-            t = gm.get_parameter(use.target) if use.target in dict(gm.named_parameters()) else None
+            t = params.get(use.target)
             if t is None:
                 continue
             for d in use.consumer_dims:

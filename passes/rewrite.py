@@ -19,6 +19,7 @@ are the pruned ones.
 from __future__ import annotations
 
 import copy
+from operator import attrgetter
 from typing import Any
 
 import torch
@@ -30,13 +31,6 @@ from .axes import flat_indices, new_size, touches
 from .meta import META_KEY, ArgEdit, get_channel_meta
 
 __all__ = ["rewrite_graph"]
-
-
-def _fetch(root: nn.Module, target: str) -> Any:
-    obj = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 @torch.no_grad()
@@ -141,7 +135,7 @@ def rewrite_graph(gm: fx.GraphModule, keep: dict) -> fx.GraphModule:
     memo: dict = {}
     for node in gm.graph.nodes:
         for use in get_channel_meta(node).params:
-            t = _fetch(gm, use.target)
+            t = attrgetter(use.target)(gm)
             if id(t) not in memo:
                 memo[id(t)] = _pruned_tensor(t, use.dims, keep)
     stashed = gm.meta.pop(META_KEY, None)  # the analysis result of ChannelAnalysisPass: not copied

@@ -1,7 +1,6 @@
 """fxprune.backend: pruning inside torch.compile equals fxprune.prune ahead of time."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import fxprune
 
 sys.path.insert(0, os.path.dirname(__file__))
-from models_tiny import group_with, n_params, runs_smaller, sizes, verified  # noqa: E402
+from models_tiny import group_with, runs_smaller, sizes, verified  # noqa: E402
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}

@@ -1,7 +1,6 @@
 """Normalization layers: affine parameters equal the normalized axes."""
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -112,5 +111,3 @@ def layer_norm_module(ctx: RuleContext) -> TV:
     ctx.set_attr("normalized_shape", [x.dims[x.ndim - k + i] for i in range(k)])
     return out
 
-
-_ = torch

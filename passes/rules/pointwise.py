@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..context import IV, OV, SV, TV, RuleContext
+from ..context import IV, OV, TV, RuleContext
 from ..registry import declare_shape, method, register
 from .common import broadcast, passthrough, tensors_in
 
@@ -136,4 +136,3 @@ def python_value(ctx: RuleContext):
 
 __all__ = ["elementwise", "softmax", "prelu", "python_value"]
 __all__ += ["PASSTHROUGH_FUNCTIONS", "PASSTHROUGH_METHODS", "PASSTHROUGH_MODULES"]
-_ = SV  # re-exported type used by callers of tensors_in

@@ -34,10 +34,6 @@ def _reduced_dims(ctx: RuleContext, x: TV):
     return dims_arg(ctx, raw, x.ndim)
 
 
-def _keepdim(ctx: RuleContext) -> bool:
-    return bool(ctx.const(2, "keepdim", False)) if ctx.has_arg(2, "keepdim") else False
-
-
 def _reduced(ctx: RuleContext, x: TV, dims: list, out) -> TV:
     keep = out.ndim == x.ndim
     layouts = [UNIT if d in dims else x.dims[d] for d in range(x.ndim)] if keep else \
