@@ -36,11 +36,13 @@ import json
 import math
 import os
 import resource
-import select
 import statistics
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from workers import Timeout, WorkerDied, read_json_line  # noqa: E402
 
 MODELS = ["resnet50", "resnet152", "densenet121", "densenet201", "efficientnet_b0",
           "mobilenet_v3_large", "convnext_tiny", "swin_t"]
@@ -113,10 +115,6 @@ def _worker(tool: str, name: str) -> None:
 
 # --------------------------------------------------------------------------- parent side
 
-class Timeout(Exception):
-    pass
-
-
 class Worker:
     """A worker subprocess for one (tool, model); every request is capped at ``cap`` seconds."""
 
@@ -127,19 +125,13 @@ class Worker:
         self._read(setup_cap)
 
     def _read(self, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.close()
-                raise Timeout()
-            ready, _, _ = select.select([self.proc.stdout], [], [], left)
-            if ready:
-                line = self.proc.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"{self.tool} worker died (exit code {self.proc.wait()})")
-                if line.startswith("{"):
-                    return json.loads(line)
+        try:
+            return read_json_line(self.proc, timeout)
+        except Timeout:
+            self.close()
+            raise
+        except WorkerDied as e:
+            raise RuntimeError(f"{self.tool} worker died (exit code {e.code})") from None
 
     def run(self) -> dict:
         self.proc.stdin.write("run\n")

@@ -22,13 +22,15 @@ import json
 import math
 import os
 import platform
-import select
 import statistics
 import subprocess
 import sys
 import threading
 import time
 import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from workers import Timeout, WorkerDied, read_json_line  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -191,10 +193,6 @@ def _worker(tool: str) -> None:
 
 # --------------------------------------------------------------------------- parent side
 
-class Timeout(Exception):
-    pass
-
-
 class Worker:
     def __init__(self, tool: str, threads: int | None = None):
         self.tool, self.proc = tool, None
@@ -207,21 +205,14 @@ class Worker:
         self._read(300)
 
     def _read(self, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.close()
-                raise Timeout()
-            ready, _, _ = select.select([self.proc.stdout], [], [], left)
-            if ready:
-                line = self.proc.stdout.readline()
-                if not line:
-                    code = self.proc.wait()
-                    self.proc = None
-                    raise RuntimeError(f"worker died (exit code {code})")
-                if line.startswith("{"):
-                    return json.loads(line)
+        try:
+            return read_json_line(self.proc, timeout)
+        except Timeout:
+            self.close()
+            raise
+        except WorkerDied as e:
+            self.proc = None
+            raise RuntimeError(str(e)) from None
 
     def ask(self, cap: float, **req) -> dict:
         if self.proc is None:

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-__all__ = ["SpecError", "Loaded", "load_model", "parse_shape"]
+__all__ = ["SpecError", "Loaded", "load_model", "parse_shape", "torchvision_kwargs"]
 
 
 class SpecError(ValueError):
@@ -94,19 +94,24 @@ def _torchvision_names(tv) -> set:
     return names
 
 
-def _torchvision(name: str, shape: Optional[tuple]) -> tuple:
-    tv = _import("torchvision", f"the torchvision model {name!r}")
-    if name not in _torchvision_names(tv):
-        raise SpecError(f"unknown torchvision model {name!r}; see torchvision.models.list_models()")
-    kw = {"weights": None}
+def torchvision_kwargs(name: str) -> dict:
+    """Builder arguments for a torchvision model with random weights and nothing to download."""
+    kw: dict = {"weights": None}
     if name.startswith("inception") or name == "googlenet":
         kw.update(aux_logits=False, init_weights=False)
     if name.startswith(("fcn_", "deeplabv3_")):
         kw.update(weights_backbone=None, aux_loss=False)
     elif name.startswith("lraspp"):
         kw.update(weights_backbone=None)
+    return kw
+
+
+def _torchvision(name: str, shape: Optional[tuple]) -> tuple:
+    tv = _import("torchvision", f"the torchvision model {name!r}")
+    if name not in _torchvision_names(tv):
+        raise SpecError(f"unknown torchvision model {name!r}; see torchvision.models.list_models()")
     try:
-        model = tv.models.get_model_builder(name)(**kw)
+        model = tv.models.get_model_builder(name)(**torchvision_kwargs(name))
     except Exception as e:
         raise SpecError(f"building torchvision model {name!r} failed: {type(e).__name__}: {e}") from None
     side = 299 if name.startswith("inception") else 224

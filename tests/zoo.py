@@ -13,6 +13,8 @@ import sys
 
 import torch
 
+from fxprune.zoo_loader import torchvision_kwargs
+
 __all__ = ["import_torchvision", "model_names", "build", "input_size", "make_informative", "third_removed_keep", "param_count"]
 
 _SHIM_SCHEMAS = {
@@ -52,7 +54,7 @@ def import_torchvision():
         for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[mod]
         _define_shim()
-        import torchvision  # noqa: F811
+        import torchvision  # noqa: F401, F811  (re-import once the shim has defined its ops)
     return sys.modules["torchvision"]
 
 
@@ -106,15 +108,8 @@ def build(name: str, dtype=torch.float32, informative: bool = True):
     With ``informative`` (default), :func:`make_informative` on a random batch of 4.
     """
     tv = import_torchvision()
-    kw = {"weights": None}
-    if name.startswith("inception") or name == "googlenet":
-        kw.update(aux_logits=False, init_weights=False)
-    if name.startswith(("fcn_", "deeplabv3_")):
-        kw.update(weights_backbone=None, aux_loss=False)
-    elif name.startswith("lraspp"):
-        kw.update(weights_backbone=None)
     torch.manual_seed(0)
-    model = tv.models.get_model_builder(name)(**kw).to(dtype).eval()
+    model = tv.models.get_model_builder(name)(**torchvision_kwargs(name)).to(dtype).eval()
     if informative:
         s = input_size(name)
         make_informative(model, (torch.randn(4, 3, s, s, generator=torch.Generator().manual_seed(2), dtype=dtype),))
