@@ -237,3 +237,21 @@ def test_cli_default_run_is_exact(capsys):
     out = capsys.readouterr().out
     assert "oracles exact" in out and "DemoNet" in out
     assert main(["--ratio", "1.5"]) == 2
+
+
+def test_contiguous_then_view_stays_on_meta():
+    class Shuffle(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            b, c, h, w = y.shape
+            y = y.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+            return self.b(y)
+
+    model, x = Shuffle().eval(), (torch.randn(2, 3, 5, 5),)
+    dg = fxprune.analyze(model, x)
+    assert dg.result.shape_mode == "meta", dg.result.shape_mode  # no fallback to real tensors
+    assert fxprune.verify(model, x).passed

@@ -98,6 +98,8 @@ def test_exported_program_is_analysed_and_pruned(cls, inputs):
     ep = torch.export.export(model, inputs)
     dg = fxprune.analyze(ep, inputs)
     assert dg.front_end == "ExportedProgram"
+    assert dg.result.unknown == []  # aten ops, in-place activations and export's guard module all have rules
+    assert dg.result.shape_mode == "meta"
     assert sorted(g.size for g in dg.groups) == sorted(g.size for g in fxprune.analyze(model, inputs).groups)
     perm = fxprune.apply(dg, {g: torch.randperm(g.size) for g in dg.groups})
     torch.testing.assert_close(perm(*inputs), model(*inputs), rtol=1e-4, atol=1e-5)
