@@ -40,7 +40,7 @@ def _check_leaves(model: nn.Module, leaf_modules: Iterable) -> list:
 
 
 def analyze(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = None, *,
-            leaf_modules: Iterable = ()) -> DependencyGraph:
+            leaf_modules: Iterable = (), fold: bool = False) -> DependencyGraph:
     """Find the groups of coupled channels of ``model``.
 
     Args:
@@ -69,12 +69,27 @@ def analyze(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = N
     """
     inputs = _as_inputs(example_inputs)
     leaves = _check_leaves(model, leaf_modules)
-    cap = capture(model, inputs, leaves, example_kwargs)
+    cap = _capture(model, inputs, leaves, example_kwargs, fold)
     result = analyze_graph(cap.gm, cap.inputs)
     dg = DependencyGraph(result, cap.front_end, type(model).__name__, cap.lifted)
     dg.example_args, dg.example_kwargs = inputs, dict(example_kwargs or {})
     dg.model = model
     return dg
+
+
+def _capture(model, inputs: tuple, leaves: list, kwargs: Optional[dict], fold: bool):
+    if not fold or not isinstance(model, nn.Module) or isinstance(model, torch.fx.GraphModule):
+        return capture(model, inputs, leaves, kwargs)
+    from .errors import CaptureError
+    from .fold import capture_folded
+
+    try:
+        return capture_folded(model, inputs, kwargs)
+    except Exception as e:  # folding is an optimisation: the usual capture stays sound
+        cap = capture(model, inputs, leaves, kwargs)
+        why = str(e).splitlines()[0] if isinstance(e, CaptureError) else f"{type(e).__name__}: {str(e)[:200]}"
+        cap.front_end += f" (not folded: {why})"
+        return cap
 
 
 def _keep_tensor(group: Group, keep) -> torch.Tensor:

@@ -14,6 +14,8 @@ import torch.nn as nn
 
 from torch.utils._pytree import tree_flatten, tree_map
 
+from fxprune.passes.fold import plant
+
 from .errors import CaptureError
 
 __all__ = ["capture", "Captured"]
@@ -149,21 +151,6 @@ def _lifted_names(placeholders: list, lifted: list) -> list:
     return out
 
 
-def _set_path(root: nn.Module, name: str, t: torch.Tensor) -> None:
-    *prefix, leaf = name.split(".")
-    owner = root
-    for part in prefix:
-        sub = owner._modules.get(part)
-        if sub is None:
-            sub = nn.Module()
-            owner.add_module(part, sub)
-        owner = sub
-    if isinstance(t, nn.Parameter):
-        owner.register_parameter(leaf, t)
-    else:
-        owner.register_buffer(leaf, t)
-
-
 def _copy_graph(gm: fx.GraphModule) -> fx.Graph:
     graph = fx.Graph(owning_module=gm)
     out = graph.graph_copy(gm.graph, {})
@@ -187,7 +174,7 @@ def _from_graph_module(gm: fx.GraphModule, inputs: tuple) -> Captured:
         node, t = placeholders[i], inputs[i]
         if name.partition(".")[0] in taken:  # never add attributes to the graph's own submodules
             name = f"_lifted_{k}_{node.name}"
-        _set_path(root, name, t)
+        plant(root, name, t)
         with graph.inserting_before(node), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the owning module is built right after
             attr = graph.get_attr(name)

@@ -19,7 +19,7 @@ from tabulate import tabulate
 from torch.fx.node import map_aggregate
 from torch.utils._pytree import tree_flatten, tree_map
 
-from fxprune.passes import flat_indices, get_channel_meta, rewrite_graph
+from fxprune.passes import flat_indices, get_channel_meta, rewrite_graph, runnable
 
 from .api import analyze
 from .errors import OracleMismatchError
@@ -115,7 +115,7 @@ def _zero_removed_consumers(gm: nn.Module, keep: dict) -> None:
 
 def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = None, *, seed: int = 0,
            removal: float = 1 / 3, rtol: float = 1e-9, leaf_modules: Iterable = (),
-           raise_on_mismatch: bool = True) -> VerifyReport:
+           raise_on_mismatch: bool = True, fold: bool = False) -> VerifyReport:
     """Run the permutation and removal oracles on a float64 copy of ``model`` (in eval mode).
 
     Args:
@@ -124,6 +124,7 @@ def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = No
         seed: seeds the random permutations and removals.
         removal: fraction of each group the removal oracle removes.
         rtol: largest relative error accepted (float64 rounding is ~1e-15).
+        fold: analyse with repeated blocks folded (see :func:`fxprune.analyze`).
 
     Returns:
         A :class:`VerifyReport`; raises :class:`OracleMismatchError` on a mismatch.
@@ -139,19 +140,20 @@ def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = No
     inputs = tree_map(_double, tuple(example_inputs) if not isinstance(example_inputs, torch.Tensor)
                       else (example_inputs,))
     kwargs = tree_map(_double, dict(example_kwargs or {}))
-    dg = analyze(model64, inputs, kwargs, leaf_modules=leaf_modules)
-    _promote_float32_casts(dg.gm)
+    dg = analyze(model64, inputs, kwargs, leaf_modules=leaf_modules, fold=fold)
+    for gm in (dg.gm, *(f.summary.gm for f in getattr(dg.gm, "_fxprune_folds", {}).values())):
+        _promote_float32_casts(gm)
     inputs = tuple(x for i, x in enumerate(inputs) if i not in set(dg.lifted))  # now graph attributes
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        ref = dg.gm(*inputs, **kwargs)
+        ref = runnable(dg.gm)(*inputs, **kwargs)
         perm = {g.atom: torch.randperm(g.size, generator=gen) for g in dg.groups}
         perm_err = relative_error(ref, rewrite_graph(dg.gm, perm)(*inputs, **kwargs))
         safe = [g for g in dg.groups if g.mixing is None]
         keep = {g.atom: _random_keep(g.size, removal, gen) for g in safe}
         zeroed = copy.deepcopy(dg.gm)
         _zero_removed_consumers(zeroed, keep)
-        rem_err = relative_error(zeroed(*inputs, **kwargs), rewrite_graph(zeroed, keep)(*inputs, **kwargs))
+        rem_err = relative_error(runnable(zeroed)(*inputs, **kwargs), rewrite_graph(zeroed, keep)(*inputs, **kwargs))
     report = VerifyReport(len(dg.groups), sum(g.size for g in dg.groups), perm_err, len(safe), rem_err,
                           [(g.name, g.mixing) for g in dg.groups if g.mixing is not None], rtol)
     if raise_on_mismatch and not report.passed:

@@ -20,11 +20,11 @@ from .analysis import AnalysisResult, ShapePropagationError, analyze_graph, meta
 from .axes import Atom, AxisTable, flat_indices, new_size
 from .meta import META_KEY, ArgEdit, ChannelMeta, MissingAnalysisError, ParamUse, SizeRead, TensorLayout, get_channel_meta
 from .registry import method, register
-from .rewrite import rewrite_graph
+from .rewrite import rewrite_graph, runnable
 
 __all__ = [
     "analyze_graph", "rewrite_graph", "AnalysisResult", "ShapePropagationError", "meta_clone",
     "Atom", "AxisTable", "flat_indices", "new_size", "META_KEY", "ArgEdit", "ChannelMeta",
     "MissingAnalysisError", "ParamUse", "SizeRead", "TensorLayout", "get_channel_meta",
-    "method", "register",
+    "method", "register", "runnable",
 ]

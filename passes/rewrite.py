@@ -28,9 +28,10 @@ import torch.nn as nn
 from torch.fx.node import map_aggregate
 
 from .axes import flat_indices, new_size, touches
+from .fold import FOLD_KEY, expand_folded
 from .meta import META_KEY, ArgEdit, get_channel_meta
 
-__all__ = ["rewrite_graph"]
+__all__ = ["rewrite_graph", "runnable"]
 
 
 @torch.no_grad()
@@ -121,19 +122,21 @@ def _erase_dead_size_arithmetic(graph: fx.Graph, candidates: set) -> None:
             graph.erase_node(node)
 
 
-def rewrite_graph(gm: fx.GraphModule, keep: dict) -> fx.GraphModule:
+def rewrite_graph(gm: fx.GraphModule, keep: dict, *, tensors: bool = True) -> fx.GraphModule:
     """Emit a pruned copy of an analysed ``gm``.
 
     Args:
         gm: a GraphModule annotated by the channel analysis pass.
         keep: atom id -> 1-D LongTensor of kept coordinates, in order.
             Atoms not named keep all their coordinates.
+        tensors: prune the parameters and buffers the graph reads (False where they
+            already are: a folded block's instance, see Note [Folded blocks]).
 
     Returns:
         A new ``fx.GraphModule``; ``gm`` is not modified.
     """
     memo: dict = {}
-    for node in gm.graph.nodes:
+    for node in gm.graph.nodes if tensors else ():
         for use in get_channel_meta(node).params:
             t = attrgetter(use.target)(gm)
             if id(t) not in memo:
@@ -152,9 +155,20 @@ def rewrite_graph(gm: fx.GraphModule, keep: dict) -> fx.GraphModule:
             candidates.add(node.name)
         _rewrite_node(new, node, meta, keep)
     _erase_dead_size_arithmetic(new.graph, candidates)
+    sites = {n.name: n.meta[FOLD_KEY] for n in gm.graph.nodes if FOLD_KEY in n.meta}
+    if sites:
+        expand_folded(new, sites, keep, rewrite_graph)
     for node in new.graph.nodes:
         node.meta.pop(META_KEY, None)
     new.graph.lint()
     new.recompile()
     return new
 
+
+
+def runnable(gm: fx.GraphModule) -> fx.GraphModule:
+    """``gm`` itself, or where it calls folded blocks (Note [Folded blocks]) an unpruned copy
+    that calls the blocks' graphs: the graph as the model computes it."""
+    if any(FOLD_KEY in n.meta for n in gm.graph.nodes):
+        return rewrite_graph(gm, {})
+    return gm
