@@ -93,6 +93,18 @@ def _promote_float32_casts(gm) -> None:
     gm.recompile()
 
 
+@torch.no_grad()
+def _check_folded_capture(model: nn.Module, gm, inputs: tuple, kwargs: dict, rtol: float = 1e-6) -> None:
+    """A folded graph must compute what the model computes: each folded call site runs the
+    graph of its representative block, which is only right if the blocks really are alike."""
+    err = relative_error(model(*inputs, **kwargs), runnable(gm)(*inputs, **kwargs))
+    if err > rtol:
+        raise OracleMismatchError(
+            f"the folded capture of {type(model).__name__} does not compute what the model computes "
+            f"(max relative error {err:.2e}): blocks folded together behave differently (an attribute "
+            "listed in fxprune.fold.IDENTITY_ATTRS is not only an index?); use fold=False")
+
+
 def _random_keep(size: int, fraction_removed: float, gen: torch.Generator) -> torch.Tensor:
     n_keep = max(1, size - int(round(size * fraction_removed)))
     return torch.randperm(size, generator=gen)[:n_keep]
@@ -141,7 +153,10 @@ def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = No
                       else (example_inputs,))
     kwargs = tree_map(_double, dict(example_kwargs or {}))
     dg = analyze(model64, inputs, kwargs, leaf_modules=leaf_modules, fold=fold)
-    for gm in (dg.gm, *(f.summary.gm for f in getattr(dg.gm, "_fxprune_folds", {}).values())):
+    folds = getattr(dg.gm, "_fxprune_folds", {})
+    if folds:
+        _check_folded_capture(model64, dg.gm, inputs, kwargs)
+    for gm in (dg.gm, *(f.summary.gm for f in folds.values())):
         _promote_float32_casts(gm)
     inputs = tuple(x for i, x in enumerate(inputs) if i not in set(dg.lifted))  # now graph attributes
     gen = torch.Generator().manual_seed(seed)

@@ -212,7 +212,8 @@ def _instantiate(ctx: RuleContext, site: FoldSite, inputs: list) -> SV:
         for d in consumers:
             an.mark_consumer(tv.source, d)
     site.resolve = lambda: {b: axes.resolve(((a,),)) for b, a in site.amap.items()}
-    return SV(tuple(TV(shape, tuple(_embed(axes, layout, site.amap) for layout in dims)) for shape, dims in summary.outputs))
+    outs = (TV(shape, tuple(_embed(axes, layout, site.amap) for layout in dims)) for shape, dims in summary.outputs)
+    return SV(tuple(outs))
 
 
 @registry.register(torch.ops.fxprune.folded_block)
