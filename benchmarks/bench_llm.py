@@ -3,11 +3,15 @@
     python benchmarks/bench_llm.py                 # depths 8, 16, 32, 64 at hidden 1024
     python benchmarks/bench_llm.py --depths 8,32 --hidden 1024
 
-fxprune analyses a model built on the ``meta`` device (no weights exist); it
-captures HF LLaMA with a non-strict ``torch.export``. Torch-Pruning needs real
-weights: its model is built (untimed) before ``build_dependency`` +
-``get_all_groups`` are timed. Each measurement runs in a fresh subprocess;
-memory is the peak RSS growth of that process during the measured call.
+fxprune analyses a model built on the ``meta`` device (no weights exist) with
+``fold=True``: the top level and one decoder layer are exported (non-strict
+``torch.export``), and the layer's analysis is instantiated at every call site.
+The "unfolded" column is the whole-model export for reference. Torch-Pruning
+needs real weights: its model is built (untimed) before ``build_dependency`` +
+``get_all_groups`` are timed. Each tool runs in a fresh subprocess; "cold" is
+its first call there (lazy imports and first-use set-up included), "warm" a
+second call on a newly built model. Memory is the peak RSS growth during the
+cold call.
 """
 from __future__ import annotations
 
@@ -33,32 +37,41 @@ ids = torch.randint(0, 32000, (1, 16))
 def rss():
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
-if tool == "fxprune":
+if tool.startswith("fxprune"):
     import fxprune
-    with torch.device("meta"):
-        model = LlamaForCausalLM(cfg).eval()
-    with open("/proc/self/clear_refs", "w") as f: f.write("5")
-    before = rss(); t = time.perf_counter()
-    dg = fxprune.analyze(model, (ids,), {"use_cache": False})
-    dt = time.perf_counter() - t
-    groups, mode = len(dg.groups), dg.result.shape_mode[:4]
+    fold = tool == "fxprune"
+    def build():
+        with torch.device("meta"):
+            return LlamaForCausalLM(cfg).eval()
+    def run(model):
+        dg = fxprune.analyze(model, (ids,), {"use_cache": False}, fold=fold)
+        return len(dg.groups)
 else:
     import torch_pruning as tp
-    model = LlamaForCausalLM(cfg).eval()
-    with open("/proc/self/clear_refs", "w") as f: f.write("5")
-    before = rss(); t = time.perf_counter()
-    DG = tp.DependencyGraph().build_dependency(model, example_inputs=ids,
-                                               forward_fn=lambda m, x: m(x, use_cache=False).logits)
-    groups = len(list(DG.get_all_groups())); dt = time.perf_counter() - t; mode = "real"
+    def build():
+        return LlamaForCausalLM(cfg).eval()
+    def run(model):
+        DG = tp.DependencyGraph().build_dependency(model, example_inputs=ids,
+                                                   forward_fn=lambda m, x: m(x, use_cache=False).logits)
+        return len(list(DG.get_all_groups()))
+model = build()
+with open("/proc/self/clear_refs", "w") as f: f.write("5")
+before = rss(); t = time.perf_counter()
+groups = run(model)
+cold = time.perf_counter() - t
 with open("/proc/self/status") as f:
     hwm = next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 1024
+warm = None
+if os.environ.get("BENCH_WARM", "1") == "1":
+    model = build(); t = time.perf_counter(); run(model); warm = time.perf_counter() - t
 weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-print(json.dumps({"time": dt, "peak_mib": hwm - before, "groups": groups, "weights_mib": weights, "mode": mode}))
+print(json.dumps({"time": cold, "warm": warm, "peak_mib": hwm - before, "groups": groups, "weights_mib": weights}))
 """
 
 
-def _run(tool: str, depth: int, hidden: int, timeout: float) -> dict:
-    env = dict(os.environ, FXPRUNE_ROOT=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+def _run(tool: str, depth: int, hidden: int, timeout: float, warm: bool = True) -> dict:
+    env = dict(os.environ, FXPRUNE_ROOT=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+               BENCH_WARM="1" if warm else "0")
     try:
         out = subprocess.run([sys.executable, "-c", _WORKER, tool, str(depth), str(hidden)], capture_output=True,
                              text=True, timeout=timeout, env=env)
@@ -70,31 +83,43 @@ def _run(tool: str, depth: int, hidden: int, timeout: float) -> dict:
     return json.loads(lines[-1])
 
 
+def _ratio(a: dict, b: dict, key: str) -> str:
+    return f"{a[key] / b[key]:.2f}" if a.get(key) and b.get(key) else "-"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--depths", default="8,16,32,64")
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--no-tp", action="store_true", help="fxprune only")
+    p.add_argument("--no-unfolded", action="store_true", help="skip the unfolded (whole-model export) column")
     args = p.parse_args(argv)
     rows = []
     for depth in (int(d) for d in args.depths.split(",")):
         fx = _run("fxprune", depth, args.hidden, args.timeout)
+        flat = {"time": None, "error": "skipped"} if args.no_unfolded else \
+            _run("fxprune-unfolded", depth, args.hidden, args.timeout, warm=False)
         tpr = {"time": None, "error": "skipped"} if args.no_tp else _run("tp", depth, args.hidden, args.timeout)
-        ratio = fx["time"] / tpr["time"] if fx.get("time") and tpr.get("time") else None
-        rows.append([depth, _fmt(fx), _fmt(tpr), f"{ratio:.2f}" if ratio else "-",
+        rows.append([depth, _fmt(fx), _fmt(fx, "warm"), _fmt(flat), _fmt(tpr), _fmt(tpr, "warm"),
+                     _ratio(fx, tpr, "time"), _ratio(fx, tpr, "warm"),
                      f"{fx.get('peak_mib', 0):.0f}", f"{tpr.get('peak_mib', 0):.0f}" if tpr.get("time") else "-",
                      f"{fx.get('weights_mib', 0):.0f}", fx.get("groups", "-"), tpr.get("groups", "-")])
-        print(f"depth {depth}: fxprune {_fmt(fx)}, Torch-Pruning {_fmt(tpr)}", file=sys.stderr, flush=True)
-    print(f"LLaMA-shaped, hidden {args.hidden}, GQA (heads/4 kv heads), input 1x16 tokens; "
-          f"fxprune on a meta-device model, Torch-Pruning on real weights; {time.strftime('%Y-%m-%d')}")
-    print(tabulate(rows, headers=["layers", "fxprune s", "TP s", "fxprune/TP", "fxprune peak MiB", "TP peak MiB",
-                                  "weights MiB", "fxprune groups", "TP groups"]))
+        print(f"depth {depth}: fxprune {_fmt(fx)} (warm {_fmt(fx, 'warm')}), unfolded {_fmt(flat)}, "
+              f"Torch-Pruning {_fmt(tpr)} (warm {_fmt(tpr, 'warm')})", file=sys.stderr, flush=True)
+    print(f"LLaMA-shaped, hidden {args.hidden}, GQA (heads/4 kv heads), input 1x16 tokens; fxprune "
+          f"analyze(fold=True) on a meta-device model, Torch-Pruning build_dependency + get_all_groups on real "
+          f"weights; cold = first call in a fresh process, warm = second call (new model); {time.strftime('%Y-%m-%d')}")
+    print(tabulate(rows, headers=["layers", "fxprune s", "warm", "unfolded s", "TP s", "TP warm",
+                                  "fxprune/TP", "warm ratio", "fxprune peak MiB", "TP peak MiB", "weights MiB",
+                                  "fxprune groups", "TP groups"]))
     return 0
 
 
-def _fmt(r: dict) -> str:
-    return f"{r['time']:.2f}" if r.get("time") else r.get("error", "-")
+def _fmt(r: dict, key: str = "time") -> str:
+    if r.get(key):
+        return f"{r[key]:.2f}"
+    return r.get("error", "-") if key == "time" else "-"
 
 
 if __name__ == "__main__":
