@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--iterative-steps", type=int, default=1, metavar="N", help="prune in N steps (default 1)")
     p.add_argument("--leaf", nargs="+", default=[], metavar="NAME",
                    help="submodules not to trace into (their channels are pinned)")
+    p.add_argument("--fold", action="store_true",
+                   help="capture each distinct repeated block (ModuleList/Sequential layers) once: deep models")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialization and inputs")
     p.add_argument("--save", metavar="PATH", help="write the pruned GraphModule here (torch.save; "
                                                   "load with torch.load(PATH, weights_only=False))")
@@ -107,6 +109,8 @@ def _si(n: float) -> str:
 
 def _config(args):
     from .pruner import PruneConfig
+    if args.fold and args.iterative_steps > 1:
+        raise _Fail(EXIT_USAGE, "--fold analyses the model once: use it with --iterative-steps 1")
     try:
         return PruneConfig(ratio=0.5 if args.ratio is None else args.ratio, importance=args.importance,
                            scope=args.scope, ignore=tuple(args.ignore), round_to=args.round_to,
@@ -173,7 +177,7 @@ def _run(args, say) -> tuple:
     try:
         # torch.export prints the whole graph to stderr when it gives up; the CaptureError says it better
         with contextlib.redirect_stderr(io.StringIO()):
-            dg = analyze(model, inputs, leaf_modules=cfg.leaf_modules)
+            dg = analyze(model, inputs, leaf_modules=cfg.leaf_modules, fold=args.fold)
     except CaptureError as e:
         raise _Fail(EXIT_CAPTURE, str(e))
     except ValueError as e:  # e.g. a --leaf that names no submodule
@@ -219,7 +223,7 @@ def _run(args, say) -> tuple:
     report = None
     if not args.no_verify:
         say("verifying: permutation and removal oracles in float64")
-        report = verify(model, inputs, leaf_modules=cfg.leaf_modules, raise_on_mismatch=False)
+        report = verify(model, inputs, leaf_modules=cfg.leaf_modules, raise_on_mismatch=False, fold=args.fold)
     lat0 = lat1 = None
     if args.latency_runs:
         say(f"timing CPU latency ({args.latency_runs} runs each, {torch.get_num_threads()} threads)")

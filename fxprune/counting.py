@@ -15,7 +15,7 @@ import torch.nn as nn
 from tabulate import tabulate
 from torch.utils.flop_counter import FlopCounterMode
 
-from fxprune.passes import new_size
+from fxprune.passes import new_size, runnable
 
 from .graph import DependencyGraph
 
@@ -135,7 +135,7 @@ def group_table(dg: DependencyGraph, keep: dict | None = None, example_inputs=No
     modules owning the group's parameters are listed too.
     """
     keep = {g.atom: torch.as_tensor(v) for g, v in (keep or {}).items()}
-    flops = _module_flops(dg.gm, _as_tuple(example_inputs)) if example_inputs is not None else None
+    flops = _module_flops(runnable(dg.gm), _as_tuple(example_inputs)) if example_inputs is not None else None
     params = dict(dg.gm.named_parameters())
     rows = []
     for g in dg.groups:

@@ -24,6 +24,8 @@ from typing import Callable, Iterable, Optional, Union
 import torch.fx as fx
 import torch.nn as nn
 
+from fxprune.passes import runnable
+
 from .api import analyze, apply
 from .counting import count_macs, count_params
 from .importance import Taylor, get_importance
@@ -121,7 +123,7 @@ def score_groups(dg, importance="l2", *, data: Optional[Iterable] = None, loss_f
         if data is None:
             raise ValueError(f"importance {importance!r} needs gradients: pass data=[(inputs, labels), ...] "
                              "(and loss_fn=lambda model, batch: loss if batches are not (x, y) for cross-entropy)")
-        stats = collect_stats(dg.gm, data, loss_fn, fisher=getattr(crit, "needs_fisher", False),
+        stats = collect_stats(runnable(dg.gm), data, loss_fn, fisher=getattr(crit, "needs_fisher", False),
                               per_batch=isinstance(crit, Taylor) and not crit.elementwise)
     return {g: crit(dg, g, stats) for g in dg.groups}
 
@@ -144,7 +146,7 @@ def _counter(cfg: PruneConfig, inputs) -> Optional[Callable]:
 
 def _search(dg, scores, cfg, counter, target: float) -> dict:
     """Bisection on the ratio until ``counter(pruned)`` is within ``tolerance`` of ``target``."""
-    if counter(dg.gm) <= target * (1 + cfg.tolerance):
+    if counter(runnable(dg.gm)) <= target * (1 + cfg.tolerance):
         return {}
     lo, hi = 0.0, 1.0 - 1e-6
     floor = counter(apply(dg, plan(dg, scores, cfg, hi)))

@@ -42,6 +42,19 @@ MODEL_FILE = textwrap.dedent('''
 
     def not_a_model():
         return 42
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+
+        def forward(self, x):
+            return x + self.fc2(torch.relu(self.fc1(x)))
+
+    def deep():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 16), *[Block() for _ in range(6)], nn.Linear(16, 3)).eval(), \
+            (torch.randn(2, 8),)
 ''')
 
 
@@ -181,3 +194,12 @@ def test_default_run_subprocess():
     last = res.stdout.strip().splitlines()[-1]
     assert last.startswith("DemoNet:") and last.endswith("oracles exact")
     assert "per layer" in res.stdout and "per group" in res.stdout
+
+
+def test_fold_captures_the_repeated_block_once(capsys, model_file):
+    code, out, err = run(capsys, f"{model_file}:deep", "--fold", "--ratio", "0.5", "--latency-runs", "2")
+    assert code == 0, err
+    assert "6 repeated blocks folded: 1 distinct" in out
+    assert out.strip().splitlines()[-1].endswith("oracles exact")
+    code, _, err = run(capsys, f"{model_file}:deep", "--fold", "--iterative-steps", "2")
+    assert code == 2 and "--fold" in err
