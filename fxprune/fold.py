@@ -121,6 +121,9 @@ class _Folder:
         if k not in self.keys:
             self.keys[k] = self._first_call(block, leaves, spec)
         key = self.keys[k]
+        if any(p == path and other != key for p, other in self.calls):
+            raise CaptureError(f"block '{path}' is called with two different signatures; it cannot share "
+                               "one capture per call site (use fold=False)")
         self.calls.append((path, key))
         out = iter(torch.ops.fxprune.folded_block([x for x in leaves if isinstance(x, torch.Tensor)], key))
         _, _, _, out_spec, template = self.reps[key]

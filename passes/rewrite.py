@@ -129,13 +129,15 @@ def rewrite_graph(gm: fx.GraphModule, keep: dict, *, tensors: bool = True) -> fx
         gm: a GraphModule annotated by the channel analysis pass.
         keep: atom id -> 1-D LongTensor of kept coordinates, in order.
             Atoms not named keep all their coordinates.
-        tensors: prune the parameters and buffers the graph reads (False where they
-            already are: a folded block's instance, see Note [Folded blocks]).
+        tensors: prune the parameters and buffers the graph reads. False where they
+            already are (a folded block's instance, see Note [Folded blocks]): the
+            result then shares ``gm``'s tensors.
 
     Returns:
         A new ``fx.GraphModule``; ``gm`` is not modified.
     """
-    memo: dict = {}
+    # tensors=False: they are pruned already and owned by the caller; share them, do not copy
+    memo: dict = {} if tensors else {id(t): t for t in (*gm.parameters(), *gm.buffers())}
     for node in gm.graph.nodes if tensors else ():
         for use in get_channel_meta(node).params:
             t = attrgetter(use.target)(gm)

@@ -200,3 +200,29 @@ def test_verify_catches_blocks_wrongly_folded_together(monkeypatch):
     assert "4 repeated blocks folded: 1 distinct" in fxprune.analyze(m, (torch.randn(3, 8),), fold=True).front_end
     with pytest.raises(OracleMismatchError, match="folded capture"):
         fxprune.verify(m, (torch.randn(3, 8),), fold=True)
+
+
+def test_one_block_called_with_two_signatures_is_not_folded():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([Block(), Block()])
+
+        def forward(self, x):
+            y = self.blocks[0](x)
+            return self.blocks[1](y).sum() + self.blocks[0](x[:2]).sum()  # blocks.0 at two shapes
+
+    m = Twice().eval()
+    dg = fxprune.analyze(m, (torch.randn(3, 16),), fold=True)
+    assert "not folded" in dg.front_end and "two different signatures" in dg.front_end, dg.front_end
+    assert fxprune.verify(m, (torch.randn(3, 16),), fold=True).passed
+
+
+def test_pruned_folded_model_shares_no_storage_with_the_input():
+    m = llama(2)
+    dg = fxprune.analyze(m, (), LLAMA_KW, fold=True)
+    pruned = fxprune.apply(dg, {})  # nothing removed: every tensor is still a copy
+    original = {t.untyped_storage().data_ptr() for t in (*m.parameters(), *m.buffers())}
+    copies = [t.untyped_storage().data_ptr() for t in (*pruned.parameters(), *pruned.buffers())]
+    assert copies and not original & set(copies)
+    assert isinstance(pruned.get_submodule("model.layers.1"), torch.fx.GraphModule)
