@@ -106,12 +106,12 @@ def _leaf_sig(x: Any) -> Any:
 class _Folder:
     """Records the block calls of the top-level export and captures each distinct block once."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self):
         self.keys: dict = {}  # (module signature, call signature) -> key
         self.reps: dict = {}  # key -> (block, example leaves, spec, output spec, output template)
         self.calls: list = []  # (path, key) in call order
-        self.sigs: dict = {}
+        self.sigs: dict = {}  # path -> module signature
+        self.key_of: dict = {}  # path -> key
 
     def call(self, path: str, block: nn.Module, args: tuple, kwargs: dict):
         leaves, spec = tree_flatten((args, kwargs))
@@ -121,7 +121,7 @@ class _Folder:
         if k not in self.keys:
             self.keys[k] = self._first_call(block, leaves, spec)
         key = self.keys[k]
-        if any(p == path and other != key for p, other in self.calls):
+        if self.key_of.setdefault(path, key) != key:
             raise CaptureError(f"block '{path}' is called with two different signatures; it cannot share "
                                "one capture per call site (use fold=False)")
         self.calls.append((path, key))
@@ -154,20 +154,20 @@ class _Folder:
     def summaries(self) -> dict:
         return {key: self._summarize(*rep) for key, rep in self.reps.items()}
 
-    def _summarize(self, rep: nn.Module, meta: list, spec, out_spec, template) -> FoldInfo:
+    def _summarize(self, rep: nn.Module, example: list, spec, _out_spec, _template) -> FoldInfo:
         """Export the block once (on its own device, with empty inputs) and summarise it."""
         from torch.export._tree_utils import reorder_kwargs
 
-        args, kwargs = tree_unflatten(meta, spec)
+        args, kwargs = tree_unflatten(example, spec)
         ep = torch.export.export(rep, tuple(args), dict(kwargs), strict=False)
         gm = ep.module()
         flat = tree_flatten((tuple(args), reorder_kwargs(dict(kwargs), gm.graph._codegen.pytree_info.in_spec)))[0]
         where = {id(x): i for i, x in enumerate(flat)}
-        op_inputs = [where[id(x)] for x in meta if isinstance(x, torch.Tensor)]
+        op_inputs = [where[id(x)] for x in example if isinstance(x, torch.Tensor)]
         state = {n for n, _ in rep.named_parameters(remove_duplicate=False)} | \
             {n for n, _ in rep.named_buffers(remove_duplicate=False)}
         summary = summarize(gm, tuple(flat), op_inputs, state)
-        leaves = tuple(TENSOR if isinstance(x, torch.Tensor) else x for x in meta)
+        leaves = tuple(TENSOR if isinstance(x, torch.Tensor) else x for x in example)
         return FoldInfo(summary, spec, leaves)
 
 
@@ -193,7 +193,7 @@ def capture_folded(model: nn.Module, args: tuple, kwargs: Optional[dict]) -> Cap
     if not found:
         raise CaptureError(f"{type(model).__name__} has no repeated blocks to fold (children of a "
                            "ModuleList/Sequential with equal structure)")
-    folder = _Folder(model)
+    folder = _Folder()
     stubbed = _shallow(model, "", found, folder)
     kwargs = dict(kwargs or {})
     ep = torch.export.export(stubbed, tuple(args), kwargs, strict=False)
