@@ -9,7 +9,7 @@ import torch.nn as nn
 from fxprune.passes import analyze_graph, rewrite_graph
 
 from .capture import capture
-from .errors import GroupMismatchError, KeepIndicesError
+from .errors import CaptureError, GroupMismatchError, KeepIndicesError
 from .graph import DependencyGraph, Group
 
 __all__ = ["analyze", "apply"]
@@ -80,7 +80,6 @@ def analyze(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = N
 def _capture(model, inputs: tuple, leaves: list, kwargs: Optional[dict], fold: bool):
     if not fold or not isinstance(model, nn.Module) or isinstance(model, torch.fx.GraphModule):
         return capture(model, inputs, leaves, kwargs)
-    from .errors import CaptureError
     from .fold import capture_folded
 
     try:

@@ -63,8 +63,8 @@ def _join(path: str, name: str) -> str:
 
 
 def find_blocks(model: nn.Module) -> dict:
-    """``{container path: [child names to fold]}``: children of a ModuleList/Sequential with
-    parameters that at least one sibling matches exactly. Containers inside a folded block
+    """``{container path: {child name: signature}}`` for the children of a ModuleList/Sequential
+    with parameters that at least one sibling matches exactly. Containers inside a folded block
     are part of that block."""
     found: dict = {}
     for path, m in model.named_modules():
@@ -76,7 +76,7 @@ def find_blocks(model: nn.Module) -> dict:
         for name, child in m.named_children():
             if any(True for _ in child.parameters()):
                 sigs.setdefault(signature(child), []).append(name)
-        names = [n for group in sigs.values() if len(group) > 1 for n in group]
+        names = {n: sig for sig, group in sigs.items() if len(group) > 1 for n in group}
         if names:
             found[path] = names
     return found
@@ -85,13 +85,13 @@ def find_blocks(model: nn.Module) -> dict:
 class _BlockStub(nn.Module):
     """Stands in for a block during the top-level export: calls ``folded_block`` instead."""
 
-    def __init__(self, folder: "_Folder", path: str, block: nn.Module):
+    def __init__(self, folder: "_Folder", path: str, block: nn.Module, sig: tuple):
         super().__init__()
         object.__setattr__(self, "_block", block)  # not a submodule: its tensors stay out of the export
-        self._path, self._folder = path, folder
+        self._path, self._folder, self._sig = path, folder, sig
 
     def forward(self, *args, **kwargs):
-        return self._folder.call(self._path, self._block, args, kwargs)
+        return self._folder.call(self._path, self._block, self._sig, args, kwargs)
 
 
 def _leaf_sig(x: Any) -> Any:
@@ -110,14 +110,11 @@ class _Folder:
         self.keys: dict = {}  # (module signature, call signature) -> key
         self.reps: dict = {}  # key -> (block, example leaves, spec, output spec, output template)
         self.calls: list = []  # (path, key) in call order
-        self.sigs: dict = {}  # path -> module signature
         self.key_of: dict = {}  # path -> key
 
-    def call(self, path: str, block: nn.Module, args: tuple, kwargs: dict):
+    def call(self, path: str, block: nn.Module, sig: tuple, args: tuple, kwargs: dict):
         leaves, spec = tree_flatten((args, kwargs))
-        if path not in self.sigs:
-            self.sigs[path] = signature(block)
-        k = (self.sigs[path], str(spec), tuple(_leaf_sig(x) for x in leaves))
+        k = (sig, str(spec), tuple(_leaf_sig(x) for x in leaves))
         if k not in self.keys:
             self.keys[k] = self._first_call(block, leaves, spec)
         key = self.keys[k]
@@ -178,7 +175,7 @@ def _shallow(m: nn.Module, path: str, found: dict, folder: _Folder, prefix: str 
     for name, child in m._modules.items():
         full = f"{prefix}{name}"
         if path in found and name in found[path]:
-            clone._modules[name] = _BlockStub(folder, full, child)
+            clone._modules[name] = _BlockStub(folder, full, child, found[path][name])
         elif child is not None and any(p == full or p.startswith(full + ".") for p in found):
             clone._modules[name] = _shallow(child, full, found, folder, full + ".")
     return clone

@@ -26,6 +26,7 @@ checks module structure and call signature before it reuses one.
 from __future__ import annotations
 
 import itertools
+from operator import attrgetter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -246,12 +247,12 @@ def _instance_module(summary: BlockSummary, inst: nn.Module) -> fx.GraphModule:
             graph.erase_node(n)
     for target, *_rest in summary.params:
         owner = inst if _rest[-1] else summary.gm
-        plant(root, target, _get(owner, target))
+        plant(root, target, attrgetter(target)(owner))
     for n in graph.nodes:
         if n.op == "call_module" and not _has(root, n.target):
             root.add_module(n.target, summary.gm.get_submodule(n.target))
         elif n.op == "get_attr" and not _has(root, n.target):
-            value = _get(summary.gm, n.target)
+            value = attrgetter(n.target)(summary.gm)
             if isinstance(value, fx.GraphModule):
                 root.add_module(n.target, value)
             else:
@@ -276,16 +277,9 @@ def plant(root: nn.Module, name: str, t: torch.Tensor) -> None:
         owner.register_buffer(leaf, t)
 
 
-def _get(root: nn.Module, target: str):
-    obj = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _has(root: nn.Module, target: str) -> bool:
     try:
-        _get(root, target)
+        attrgetter(target)(root)
         return True
     except AttributeError:
         return False

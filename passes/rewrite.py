@@ -167,7 +167,6 @@ def rewrite_graph(gm: fx.GraphModule, keep: dict, *, tensors: bool = True) -> fx
     return new
 
 
-
 def runnable(gm: fx.GraphModule) -> fx.GraphModule:
     """``gm`` itself, or where it calls folded blocks (Note [Folded blocks]) an unpruned copy
     that calls the blocks' graphs: the graph as the model computes it."""
