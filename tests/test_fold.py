@@ -226,3 +226,33 @@ def test_pruned_folded_model_shares_no_storage_with_the_input():
     copies = [t.untyped_storage().data_ptr() for t in (*pruned.parameters(), *pruned.buffers())]
     assert copies and not original & set(copies)
     assert isinstance(pruned.get_submodule("model.layers.1"), torch.fx.GraphModule)
+
+
+@pytest.mark.parametrize("importance", ["l2", "taylor"])
+def test_scores_through_a_folded_graph_equal_the_unfolded_ones(importance):
+    from fxprune.pruner import score_groups
+
+    m = Stack([1.0, 1.0, 1.0]).eval()
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
+    data = [(x, torch.tensor([0, 1, 2, 3, 0, 1]))]  # taylor needs gradients: it runs the graph
+    folded, plain = fxprune.analyze(m, (x,), fold=True), fxprune.analyze(m, (x,))
+    assert "folded" in folded.front_end and "not folded" not in folded.front_end
+    a = {tuple(sorted(g.members)): s for g, s in score_groups(plain, importance, data=data).items()}
+    b = {tuple(sorted(g.members)): s for g, s in score_groups(folded, importance, data=data).items()}
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k])
+
+
+def test_target_search_through_a_folded_graph():
+    from fxprune.counting import count_macs
+    from fxprune.pruner import PruneConfig, _absolute, _counter, _search, score_groups
+
+    m = Stack([1.0, 1.0, 1.0]).eval()
+    x = torch.randn(2, 8)
+    dg = fxprune.analyze(m, (x,), fold=True)
+    cfg = PruneConfig(target_macs=0.6, scope="global", tolerance=0.05)  # a tiny model moves in coarse steps
+    goal = _absolute(cfg.target_macs, count_macs(m, (x,)))  # MACs: the search runs the folded graph
+    pruned = fxprune.apply(dg, _search(dg, score_groups(dg), cfg, _counter(cfg, (x,)), goal))
+    assert abs(count_macs(pruned, (x,)) - goal) <= cfg.tolerance * goal
+    assert pruned(x).shape == m(x).shape
