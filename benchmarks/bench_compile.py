@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 import fxprune
-from fxprune.models import DemoNet
+from fxprune.tools.demo import DemoNet
 
 
 class _Block(nn.Module):

@@ -11,15 +11,15 @@ from . import passes
 from .api import analyze, apply
 from .errors import CaptureError, FxPruneError, GroupMismatchError, KeepIndicesError, OracleMismatchError
 from .graph import DependencyGraph, Group
-from .oracles import VerifyReport, relative_error, verify
-from .counting import Count, compare, count, count_macs, count_params, group_table, latency
-from .importance import (BNScale, Criterion, Elementwise, FPGM, Hessian, Magnitude, Random, Taylor, get_importance,
-                         importance_names, register_importance)
-from .pruner import PruneConfig, plan, prune, score_groups
-from .backend import backend
-from .selection import factor_roles, ignored_groups
-from .sparsity import GroupSparsity
-from .stats import collect_stats
+from .checks import VerifyReport, relative_error, verify
+from .policy.counting import Count, compare, count, count_macs, count_params, group_table, latency
+from .policy.importance import (BNScale, Criterion, Elementwise, FPGM, Hessian, Magnitude, Random, Taylor, get_importance,
+                                importance_names, register_importance)
+from .policy.pruner import PruneConfig, plan, prune, score_groups
+from .policy.selection import factor_roles, ignored_groups
+from .policy.sparsity import GroupSparsity
+from .policy.stats import collect_stats
+from .tools.torch_compile import backend
 
 __version__ = "0.1.0"
 

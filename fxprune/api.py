@@ -80,7 +80,7 @@ def analyze(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = N
 def _capture(model, inputs: tuple, leaves: list, kwargs: Optional[dict], fold: bool):
     if not fold or not isinstance(model, nn.Module) or isinstance(model, torch.fx.GraphModule):
         return capture(model, inputs, leaves, kwargs)
-    from .fold import capture_folded
+    from .capture import capture_folded
 
     try:
         return capture_folded(model, inputs, kwargs)
@@ -142,7 +142,7 @@ def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False):
         inplace: resize the analysed model's own modules instead (to keep its class,
             e.g. for HF ``save_pretrained``), then check that its eager forward agrees
             with the pruned graph on the example inputs; on disagreement the model is
-            restored and :class:`fxprune.inplace.InPlaceMismatchError` says why.
+            restored and :class:`fxprune.checks.inplace.InPlaceMismatchError` says why.
 
     Returns:
         A new ``torch.fx.GraphModule`` (the analysed model is not modified), or with
@@ -164,7 +164,7 @@ def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False):
     pruned = rewrite_graph(dg.gm, atoms)
     if not inplace:
         return pruned
-    from .inplace import apply_inplace
+    from .checks.inplace import apply_inplace
 
     sizes = {dg.groups[i].size for i, g in enumerate(dg.groups) if g.atom in atoms and len(atoms[g.atom]) < g.size}
     return apply_inplace(dg.model, dg, pruned, sizes)

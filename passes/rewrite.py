@@ -28,7 +28,7 @@ import torch.nn as nn
 from torch.fx.node import map_aggregate
 
 from .axes import flat_indices, new_size, touches
-from .fold import FOLD_KEY, expand_folded
+from .blocks import FOLD_KEY, expand_folded
 from .meta import META_KEY, ArgEdit, get_channel_meta
 
 __all__ = ["rewrite_graph", "runnable"]

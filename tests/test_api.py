@@ -231,7 +231,7 @@ def test_passes_do_not_import_the_policy_layer():
 
 
 def test_cli_default_run_is_exact(capsys):
-    from fxprune.cli import main
+    from fxprune.tools.cli import main
 
     assert main(["--ratio", "0.4"]) == 0
     out = capsys.readouterr().out

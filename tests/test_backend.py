@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 import fxprune
-from fxprune.backend import (DifferentGraphError, GraphBreakError, RecompileMismatchError,  # noqa: F401
+from fxprune.tools.torch_compile import (DifferentGraphError, GraphBreakError, RecompileMismatchError,  # noqa: F401
                              UnsupportedOptionError)
-from fxprune.models import DemoNet, demo_inputs
+from fxprune.tools.demo import DemoNet, demo_inputs
 from test_compile import TinyViT
 
 VIT_INPUTS = (torch.randn(2, 3, 16, 16),)

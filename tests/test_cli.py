@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fxprune
-from fxprune.cli import main
+from fxprune.tools.cli import main
 
 FAST = ["--latency-runs", "2", "--no-tables"]
 

@@ -12,7 +12,7 @@ import torch.nn as nn
 from torch.fx.passes.infra.pass_manager import PassManager
 
 import fxprune
-from fxprune.models import DemoNet, demo_inputs
+from fxprune.tools.demo import DemoNet, demo_inputs
 from fxprune.passes import META_KEY, MissingAnalysisError
 from fxprune.passes.infra import ChannelAnalysisPass, PruneRewritePass, analysis_of, keep_leading
 

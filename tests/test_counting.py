@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 import fxprune
-from fxprune.models import DemoNet, demo_inputs
+from fxprune.tools.demo import DemoNet, demo_inputs
 
 
 def net():

@@ -191,12 +191,12 @@ def test_folding_never_mutates_the_model():
 
 
 def test_verify_catches_blocks_wrongly_folded_together(monkeypatch):
-    import fxprune.fold
+    import fxprune.capture.folding
 
     from fxprune.errors import OracleMismatchError
 
     m = Stack([1.0, 1.0, 0.5, 1.0]).eval()
-    monkeypatch.setattr(fxprune.fold, "IDENTITY_ATTRS", fxprune.fold.IDENTITY_ATTRS | {"scale"})
+    monkeypatch.setattr(fxprune.capture.folding, "IDENTITY_ATTRS", fxprune.capture.folding.IDENTITY_ATTRS | {"scale"})
     assert "4 repeated blocks folded: 1 distinct" in fxprune.analyze(m, (torch.randn(3, 8),), fold=True).front_end
     with pytest.raises(OracleMismatchError, match="folded capture"):
         fxprune.verify(m, (torch.randn(3, 8),), fold=True)
@@ -230,7 +230,7 @@ def test_pruned_folded_model_shares_no_storage_with_the_input():
 
 @pytest.mark.parametrize("importance", ["l2", "taylor"])
 def test_scores_through_a_folded_graph_equal_the_unfolded_ones(importance):
-    from fxprune.pruner import score_groups
+    from fxprune.policy.pruner import score_groups
 
     m = Stack([1.0, 1.0, 1.0]).eval()
     x = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
@@ -245,8 +245,8 @@ def test_scores_through_a_folded_graph_equal_the_unfolded_ones(importance):
 
 
 def test_target_search_through_a_folded_graph():
-    from fxprune.counting import count_macs
-    from fxprune.pruner import PruneConfig, _absolute, _counter, _search, score_groups
+    from fxprune.policy.counting import count_macs
+    from fxprune.policy.pruner import PruneConfig, _absolute, _counter, _search, score_groups
 
     m = Stack([1.0, 1.0, 1.0]).eval()
     x = torch.randn(2, 8)

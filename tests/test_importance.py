@@ -5,8 +5,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fxprune
-from fxprune.importance import Magnitude, normalize
-from fxprune.models import DemoNet, demo_inputs
+from fxprune.policy.importance import Magnitude, normalize
+from fxprune.tools.demo import DemoNet, demo_inputs
 
 
 class FlattenNet(nn.Module):

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fxprune
-from fxprune.models import DemoNet, demo_inputs
+from fxprune.tools.demo import DemoNet, demo_inputs
 
 
 def cnn(width=16):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import fxprune
-from fxprune.inplace import InPlaceMismatchError
+from fxprune.checks.inplace import InPlaceMismatchError
 
 sys.path.insert(0, os.path.dirname(__file__))
 from zoo import import_torchvision  # noqa: E402

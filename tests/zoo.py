@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from fxprune.zoo_loader import torchvision_kwargs
+from fxprune.tools.zoo import torchvision_kwargs
 
 __all__ = ["import_torchvision", "model_names", "build", "input_size", "make_informative", "third_removed_keep", "param_count"]
 

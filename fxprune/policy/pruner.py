@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from fxprune.passes import runnable
 
-from .api import analyze, apply
+from ..api import analyze, apply
 from .counting import count_macs, count_params
 from .importance import Taylor, get_importance
 from .selection import group_ratios, select_global, select_local

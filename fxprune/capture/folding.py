@@ -23,10 +23,10 @@ import torch.nn as nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from fxprune.passes.analysis import meta_clone
-from fxprune.passes.fold import TENSOR, FoldInfo, register_outputs, summarize
+from fxprune.passes.blocks import TENSOR, FoldInfo, register_outputs, summarize
 
-from .capture import Captured, _from_exported
-from .errors import CaptureError
+from .frontends import Captured, _from_exported
+from ..errors import CaptureError
 
 __all__ = ["capture_folded", "IDENTITY_ATTRS"]
 

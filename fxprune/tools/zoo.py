@@ -2,7 +2,7 @@
 
 Specs:
 
-* empty / ``demo``: the built-in :class:`fxprune.models.DemoNet` (no optional dependency);
+* empty / ``demo``: the built-in :class:`fxprune.tools.demo.DemoNet` (no optional dependency);
 * ``resnet18``, ``torchvision:resnet18``: a torchvision builder, ``weights=None``;
 * ``timm:vit_tiny_patch16_224``, or a plain name torchvision does not know: ``timm.create_model``;
 * ``path/to/file.py:factory``: ``factory()`` returns a module or ``(module, example_inputs)``.
@@ -142,7 +142,7 @@ def load_model(spec: Optional[str], shape: Optional[tuple] = None, seed: int = 0
     """Build the model named by ``spec`` (see the module docstring), in eval mode, with example inputs."""
     torch.manual_seed(seed)
     if not spec or spec == "demo":
-        from .models import DemoNet, demo_inputs
+        from .demo import DemoNet, demo_inputs
         inputs = (torch.randn(*shape),) if shape else demo_inputs()
         return Loaded(DemoNet().eval(), inputs, "DemoNet", "builtin")
     if spec.endswith(".py") or ".py:" in spec:

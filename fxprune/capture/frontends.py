@@ -14,9 +14,9 @@ import torch.nn as nn
 
 from torch.utils._pytree import tree_flatten, tree_map
 
-from fxprune.passes.fold import plant
+from fxprune.passes.blocks import plant
 
-from .errors import CaptureError
+from ..errors import CaptureError
 
 __all__ = ["capture", "Captured"]
 

@@ -20,7 +20,7 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from .api import analyze
+from ..api import analyze
 from .importance import coordinate_map
 from .selection import ignored_groups
 

@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fxprune.passes import new_size, runnable
 
-from .graph import DependencyGraph
+from ..graph import DependencyGraph
 
 __all__ = ["Count", "count", "count_macs", "count_params", "compare", "group_table", "latency"]
 

@@ -21,10 +21,11 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from fxprune.passes import flat_indices, get_channel_meta, rewrite_graph, runnable
 
-from .api import analyze
-from .errors import OracleMismatchError
+from ..api import analyze
+from ..errors import OracleMismatchError
+from .compare import relative_error
 
-__all__ = ["verify", "VerifyReport", "relative_error"]
+__all__ = ["verify", "VerifyReport"]
 
 
 @dataclass
@@ -56,28 +57,6 @@ class VerifyReport:
         return text
 
 
-def relative_error(ref, out) -> float:
-    """Largest ``max|a - b| / max|a|`` over the tensors of two output structures."""
-    ra, sa = tree_flatten(ref)
-    rb, sb = tree_flatten(out)
-    if sa != sb or len(ra) != len(rb):
-        return math.inf
-    worst = 0.0
-    for a, b in zip(ra, rb):
-        if not isinstance(a, torch.Tensor):
-            worst = max(worst, 0.0 if a == b else math.inf)
-            continue
-        if a.shape != b.shape:
-            return math.inf
-        if not a.is_floating_point():
-            worst = max(worst, 0.0 if torch.equal(a, b) else math.inf)
-            continue
-        scale = a.abs().max().item() if a.numel() else 0.0
-        diff = (a - b).abs().max().item() if a.numel() else 0.0
-        worst = max(worst, diff / scale if scale > 0 else diff)
-    return worst
-
-
 def _double(x):
     if isinstance(x, nn.Parameter) and x.is_floating_point():  # stays a parameter: it gets lifted
         return nn.Parameter(x.detach().double(), x.requires_grad)
@@ -102,7 +81,7 @@ def _check_folded_capture(model: nn.Module, gm, inputs: tuple, kwargs: dict, rto
         raise OracleMismatchError(
             f"the folded capture of {type(model).__name__} does not compute what the model computes "
             f"(max relative error {err:.2e}): blocks folded together behave differently (an attribute "
-            "listed in fxprune.fold.IDENTITY_ATTRS is not only an index?); use fold=False")
+            "listed in fxprune.capture.IDENTITY_ATTRS is not only an index?); use fold=False")
 
 
 def _random_keep(size: int, fraction_removed: float, gen: torch.Generator) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from fxprune.passes import Atom
 
-from .graph import DependencyGraph, Group
+from ..graph import DependencyGraph, Group
 
 __all__ = ["ignored_groups", "factor_roles", "group_ratios", "n_keep", "select_local", "select_global"]
 

@@ -17,8 +17,8 @@ import torch.nn as nn
 
 from fxprune.passes import get_channel_meta
 
-from .errors import FxPruneError
-from .oracles import relative_error
+from ..errors import FxPruneError
+from .compare import plain_outputs, relative_error
 
 __all__ = ["apply_inplace", "InPlaceMismatchError"]
 
@@ -134,7 +134,7 @@ def apply_inplace(model: nn.Module, dg, pruned: fx.GraphModule, pruned_sizes: se
     try:
         with torch.no_grad():
             eager, graph = model(*args, **kwargs), pruned(*args, **kwargs)
-        err = relative_error(_plain(graph), _plain(eager))
+        err = relative_error(plain_outputs(graph), plain_outputs(eager))
         problem = None if err <= rtol else f"outputs differ (max relative error {err:.2e})"
     except Exception as e:  # the eager forward no longer runs
         problem = f"the eager forward fails: {type(e).__name__}: {str(e).splitlines()[0]}"
@@ -147,12 +147,3 @@ def apply_inplace(model: nn.Module, dg, pruned: fx.GraphModule, pruned_sizes: se
             "Fix: prune only groups the forward infers (e.g. heads through view(..., -1, head_dim)), update "
             "those attributes/config yourself, or use the returned GraphModule.")
     return model
-
-
-def _plain(out: Any) -> Any:
-    """Model outputs as plain containers (HF ModelOutput is a dict subclass)."""
-    if isinstance(out, dict):
-        return {k: _plain(v) for k, v in out.items() if v is not None}
-    if isinstance(out, (tuple, list)):
-        return type(out)(_plain(v) for v in out) if type(out) in (tuple, list) else tuple(_plain(v) for v in out)
-    return out

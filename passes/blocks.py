@@ -20,7 +20,7 @@ the block is captured once as its own graph.
   each ``folded_block`` node by a call to the block graph rewritten with the
   instance's keep map (:func:`expand_folded`).
 
-Identical summaries are only sound for identical blocks: ``fxprune.fold``
+Identical summaries are only sound for identical blocks: ``fxprune.capture.folding``
 checks module structure and call signature before it reuses one.
 """
 from __future__ import annotations

@@ -42,9 +42,7 @@ inlines every module).
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
-import types
 import weakref
 from operator import attrgetter
 from typing import Callable, Optional, Union
@@ -55,10 +53,10 @@ import torch.nn as nn
 
 from fxprune.passes import Atom
 
-from .api import analyze, apply
-from .errors import FxPruneError
-from .importance import BNScale, get_importance
-from .pruner import PruneConfig, plan, score_groups
+from ..api import analyze, apply
+from ..errors import FxPruneError
+from ..policy.importance import BNScale, get_importance
+from ..policy.pruner import PruneConfig, plan, score_groups
 
 __all__ = ["backend", "PruningBackend", "GraphBreakError", "DifferentGraphError", "UnsupportedOptionError",
            "RecompileMismatchError"]
@@ -404,15 +402,3 @@ def _drop_positions(compiled: Callable, lifted: dict) -> Callable:
 
     run.__wrapped__ = compiled
     return run
-
-
-class _CallableModule(types.ModuleType):
-    """``fxprune.backend`` names both this module and the function: tools that import the
-    submodule by path (pytest's importlib mode, reloaders) rebind ``fxprune.backend`` to the
-    module, which then still works as ``fxprune.backend(...)``."""
-
-    def __call__(self, config: Optional[PruneConfig] = None, **kwargs) -> PruningBackend:
-        return backend(config, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -108,7 +108,7 @@ def _si(n: float) -> str:
 
 
 def _config(args):
-    from .pruner import PruneConfig
+    from ..policy.pruner import PruneConfig
     if args.fold and args.iterative_steps > 1:
         raise _Fail(EXIT_USAGE, "--fold analyses the model once: use it with --iterative-steps 1")
     try:
@@ -145,12 +145,12 @@ def _calibration(loaded, n: int, say):
 
 
 def _run(args, say) -> tuple:
-    from . import analyze, apply, verify
-    from .counting import compare, count_macs, count_params, group_table, latency
-    from .errors import CaptureError
-    from .importance import get_importance
-    from .pruner import _absolute, _counter, _search, plan, prune, score_groups
-    from .zoo_loader import SpecError, load_model, parse_shape
+    from .. import analyze, apply, verify
+    from ..policy.counting import compare, count_macs, count_params, group_table, latency
+    from ..errors import CaptureError
+    from ..policy.importance import get_importance
+    from ..policy.pruner import _absolute, _counter, _search, plan, prune, score_groups
+    from .zoo import SpecError, load_model, parse_shape
 
     cfg = _config(args)
     crit = get_importance(cfg.importance)

@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from fxprune.passes import Atom
 
-from .graph import DependencyGraph, Group
+from ..graph import DependencyGraph, Group
 
 __all__ = [
     "coordinate_map", "magnitude", "keep_top", "Criterion", "Elementwise", "Magnitude", "BNScale",

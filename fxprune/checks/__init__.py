@@ -1,0 +1,5 @@
+"""Checks: the exactness oracles, the in-place consistency check, and output comparison."""
+from .compare import plain_outputs, relative_error
+from .oracles import VerifyReport, verify
+
+__all__ = ["verify", "VerifyReport", "relative_error", "plain_outputs"]

@@ -1,0 +1,1 @@
+"""Front doors: the command line, the ``torch.compile`` backend, the model zoo loader and the demo model."""
