@@ -1,61 +1,36 @@
 """Model-zoo helpers for the tests and benchmarks (torchvision models).
 
 The torchvision wheel in some environments is a CUDA build sitting on a CPU-only
-torch: its C++ extension does not load, so ``torchvision::nms``/``qnms`` are never
-defined and ``import torchvision`` fails while registering their meta kernels.
-:func:`import_torchvision` defines the two schemas (and nothing else) when, and
-only when, that happens. This shim lives here, never in the library.
+torch; :func:`fxprune.tools.zoo.import_torchvision` (the CLI's model loader) handles
+that, see Note [torchvision on a CPU torch] there.
 """
 from __future__ import annotations
 
 import math
 import sys
+import warnings
 
 import torch
 
-from fxprune.tools.zoo import torchvision_kwargs
+from fxprune.tools.zoo import import_torchvision as _import_torchvision, torchvision_kwargs
 
 __all__ = ["import_torchvision", "model_names", "build", "input_size", "make_informative", "third_removed_keep", "param_count"]
 
-_SHIM_SCHEMAS = {
-    "nms": "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-    "qnms": "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-}
-_shimmed = False
-
-
-def _define_shim() -> None:
-    global _shimmed
-    if _shimmed:
-        return
-    for name, schema in _SHIM_SCHEMAS.items():
-        try:
-            torch.library.define(f"torchvision::{name}", schema)
-        except RuntimeError:  # already defined (by torchvision's extension or an earlier call)
-            pass
-    _shimmed = True
-
 
 def import_torchvision():
-    """Return the ``torchvision`` module, applying the nms schema shim if its extension is missing.
+    """Return the ``torchvision`` module (the library's shim applies where its C ops are missing).
 
     Inside pytest, a missing torchvision skips the calling test (module) instead of failing.
     """
     try:
-        import torchvision  # noqa: F401
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _import_torchvision()
     except ImportError as e:
         if "pytest" in sys.modules:
             import pytest
             pytest.skip(f"torchvision is not installed: {e}", allow_module_level=True)
         raise
-    except RuntimeError as e:
-        if "torchvision::" not in str(e):
-            raise
-        for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[mod]
-        _define_shim()
-        import torchvision  # noqa: F401, F811  (re-import once the shim has defined its ops)
-    return sys.modules["torchvision"]
 
 
 def model_names() -> list:
