@@ -6,7 +6,7 @@ from typing import Iterable, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
-from fxprune.passes import analyze_graph, rewrite_graph
+from fxprune.passes import InvalidKeepError, RuleBugError, analyze_graph, keep_indices, rewrite_graph
 
 from .capture import capture
 from .errors import CaptureError, GroupMismatchError, KeepIndicesError
@@ -84,6 +84,8 @@ def _capture(model, inputs: tuple, leaves: list, kwargs: Optional[dict], fold: b
 
     try:
         return capture_folded(model, inputs, kwargs)
+    except RuleBugError:  # strict mode: a rule bug inside a block is a bug, not a reason not to fold
+        raise
     except Exception as e:  # folding is an optimisation: the usual capture stays sound
         cap = capture(model, inputs, leaves, kwargs)
         why = str(e).splitlines()[0] if isinstance(e, CaptureError) else f"{type(e).__name__}: {str(e)[:200]}"
@@ -92,28 +94,11 @@ def _capture(model, inputs: tuple, leaves: list, kwargs: Optional[dict], fold: b
 
 
 def _keep_tensor(group: Group, keep) -> torch.Tensor:
-    fix = f"pass distinct integers in range({group.size}) for {group.name}, in the order to keep them"
-    if isinstance(keep, torch.Tensor):
-        if keep.dtype.is_floating_point or keep.dtype == torch.bool or keep.dim() != 1:
-            raise KeepIndicesError(f"keep-indices for {group.name} must be a 1-D integer tensor, got "
-                                   f"{keep.dim()}-D {keep.dtype}; {fix}")
-        idx = keep.to(torch.long).cpu()
-    else:
-        items = list(keep)
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
-            raise KeepIndicesError(f"keep-indices for {group.name} must be integers; {fix}")
-        idx = torch.tensor(items, dtype=torch.long)
-    if idx.numel() == 0:
-        raise KeepIndicesError(f"keep-indices for {group.name} are empty: a group keeps at least one "
-                               f"coordinate; {fix}")
-    bad = idx[(idx < 0) | (idx >= group.size)]
-    if bad.numel():
-        raise KeepIndicesError(f"keep-indices {bad.tolist()[:5]} for {group.name} are out of range "
-                               f"(size {group.size}); {fix}")
-    if torch.unique(idx).numel() != idx.numel():
-        dup = [v for v in torch.unique(idx).tolist() if int((idx == v).sum()) > 1]
-        raise KeepIndicesError(f"keep-indices for {group.name} repeat {dup[:5]}; {fix}")
-    return idx
+    """The passes' keep check (passes/validate.py), its error as :class:`KeepIndicesError`."""
+    try:
+        return keep_indices(keep, group.size, group.name)
+    except InvalidKeepError as e:
+        raise KeepIndicesError(str(e)) from None
 
 
 def _resolve_group(dg: DependencyGraph, key: Union[Group, int]) -> Group:

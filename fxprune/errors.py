@@ -1,10 +1,17 @@
-"""Exceptions raised by fxprune. Each message names the problem and the fix."""
+"""Exceptions raised by fxprune. Each message names the problem and the fix.
+
+They build on the passes' errors: ``FxPruneError`` is a
+``fxprune.passes.PassError``, and ``KeepIndicesError`` is the passes'
+``InvalidKeepError`` as the public verbs report it (naming groups ``G<i>``).
+"""
 from __future__ import annotations
+
+from fxprune.passes.errors import InvalidKeepError, PassError
 
 __all__ = ["FxPruneError", "CaptureError", "KeepIndicesError", "GroupMismatchError", "OracleMismatchError"]
 
 
-class FxPruneError(Exception):
+class FxPruneError(PassError):
     """Base class of fxprune's errors."""
 
 
@@ -12,7 +19,7 @@ class CaptureError(FxPruneError):
     """The model could not be captured into an FX graph."""
 
 
-class KeepIndicesError(FxPruneError, ValueError):
+class KeepIndicesError(FxPruneError, InvalidKeepError):
     """Keep-indices for a group are empty, out of range, duplicated or not integers."""
 
 

@@ -2,31 +2,38 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from operator import attrgetter
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional
 
 from tabulate import tabulate
 
-from fxprune.passes import AnalysisResult, Atom, get_channel_meta
+from fxprune.passes import CONSUMES, PRODUCES, AnalysisResult, Layout, ParamUse, get_channel_meta
 
-__all__ = ["DependencyGraph", "Group", "format_layout"]
+__all__ = ["DependencyGraph", "Group", "MemberLayout"]
 
 
-def format_layout(layout, names: dict) -> str:
-    """Render a resolved layout: ``++`` concatenates segments, ``x`` multiplies factors.
+@dataclass(frozen=True)
+class MemberLayout:
+    """One parameter (or buffer) dimension that carries a group.
 
-    Group atoms print as ``G<i>``; other atoms as their size in brackets.
+    Attributes:
+        param: the tensor's qualified name on ``dg.gm``.
+        dim: the dimension.
+        shape: the tensor's shape.
+        layout: the dimension's :class:`~fxprune.passes.Layout`; ``layout.coordinate_map(group.atom)``
+            gives the group coordinate of every index along ``dim``.
+        role: ``"consumes"`` where the dimension is contracted against an activation that carries
+            the group (conv in-channels, linear columns): removing coordinates changes that
+            consumer's output. ``"produces"`` otherwise (out-channels, rows, biases, norm
+            parameters): the coordinates it produces go away.
     """
-    segs = []
-    for seg in layout:
-        parts = []
-        for f in seg:
-            if isinstance(f, Atom):
-                parts.append(names.get(f.id, f"[{f.size}]"))
-            else:
-                parts.append(f"({format_layout(f, names)})")
-        segs.append(" x ".join(parts) if parts else "[1]")
-    return " ++ ".join(segs) if segs else "[0]"
+
+    param: str
+    dim: int
+    shape: tuple
+    layout: Layout
+    role: str
 
 
 class Group:
@@ -34,8 +41,11 @@ class Group:
 
     Attributes:
         index: position in ``DependencyGraph.groups``.
+        atom: the atom id the passes know the group by (keys of ``fxprune.passes.rewrite_graph``).
         size: number of coordinates.
         members: ``(parameter name, dim)`` pairs whose dimension carries the group.
+        layouts: one :class:`MemberLayout` per member, in the same order;
+            ``producers`` and ``consumers`` split them by role.
     """
 
     def __init__(self, graph: "DependencyGraph", index: int, atom: int, size: int, members: list):
@@ -50,11 +60,28 @@ class Group:
         more = f", +{len(self.members) - 3} more" if len(self.members) > 3 else ""
         return f"Group({self.name}, size={self.size}, members=[{shown}{more}])"
 
+    @cached_property
+    def layouts(self) -> tuple:
+        """Every member dimension with its shape, layout and role (:class:`MemberLayout`)."""
+        out = []
+        for target, d in self.members:
+            use = self.graph.param_use(target)
+            out.append(MemberLayout(target, d, tuple(lay.size for lay in use.dims), use.dims[d], use.role(d)))
+        return tuple(out)
+
+    @property
+    def producers(self) -> tuple:
+        """Members whose dimension produces the group's coordinates (see :class:`MemberLayout`)."""
+        return tuple(m for m in self.layouts if m.role == PRODUCES)
+
+    @property
+    def consumers(self) -> tuple:
+        """Members whose dimension is contracted against the group's coordinates (see :class:`MemberLayout`)."""
+        return tuple(m for m in self.layouts if m.role == CONSUMES)
+
     def details(self) -> str:
         """A table of every parameter/buffer dimension this group touches, with its layout."""
-        rows = []
-        for target, d, shape, layout in self.graph._member_layouts(self):
-            rows.append([target, tuple(shape), d, format_layout(layout, self.graph._names)])
+        rows = [[m.param, m.shape, m.dim, self.graph.format_layout(m.layout)] for m in self.layouts]
         title = f"{self.name}: {self.size} coordinates, {len(rows)} parameter dims"
         return title + "\n" + tabulate(rows, headers=["parameter", "shape", "dim", "layout"])
 
@@ -70,6 +97,7 @@ class DependencyGraph:
     Attributes:
         gm: the analysed ``fx.GraphModule`` (nodes carry ``node.meta["fxprune"]``).
         groups: the prunable groups, in graph order.
+        param_names: every parameter, buffer and tensor constant the graph reads, in graph order.
         front_end: how the graph was captured.
     """
 
@@ -77,23 +105,33 @@ class DependencyGraph:
         self.result, self.gm, self.front_end = result, result.gm, front_end
         self.source_name, self.lifted = source_name, tuple(lifted)
         self.groups = [
-            Group(self, i, a, result.axes.size(a), result.members[a]) for i, a in enumerate(result.groups)
+            Group(self, i, a, result.axes.size(a), result.members[a]) for i, a in enumerate(result.group_atoms)
         ]
-        self._names = {g.atom: g.name for g in self.groups}
-        self._params = self._collect_params()
+        self._by_atom = {g.atom: g for g in self.groups}
+        self._uses = self._collect_uses()
+        self.param_names = tuple(self._uses)
 
-    def _collect_params(self) -> dict:
-        params = {}
+    def _collect_uses(self) -> dict:
+        uses: dict = {}
         for node in self.gm.graph.nodes:
             for use in get_channel_meta(node).params:
-                params.setdefault(use.target, use)
-        return params
+                uses.setdefault(use.target, use)
+        return uses
 
-    def _member_layouts(self, group: Group):
-        for target, d in group.members:
-            use = self._params[target]
-            shape = tuple(attrgetter(target)(self.gm).shape)
-            yield target, d, shape, use.dims[d]
+    def param_use(self, name: str) -> ParamUse:
+        """How the graph reads tensor ``name``: the Layout of each dim and which dims are contracted."""
+        try:
+            return self._uses[name]
+        except KeyError:
+            raise KeyError(f"{name!r} is not a tensor this graph reads; dg.param_names lists them") from None
+
+    def group_of(self, atom: int) -> Optional[Group]:
+        """The group an atom id stands for, or None (a pinned or size-1 atom)."""
+        return self._by_atom.get(atom)
+
+    def format_layout(self, layout: Layout) -> str:
+        """``layout`` with group atoms as their names (``G3``) and other atoms as ``[size]``."""
+        return layout.format(lambda a: self._by_atom[a.id].name if a.id in self._by_atom else f"[{a.size}]")
 
     def __repr__(self) -> str:
         return f"DependencyGraph({self.source_name}: {len(self.groups)} groups, front end {self.front_end})"
@@ -104,7 +142,7 @@ class DependencyGraph:
         lines = [
             f"fxprune analysis of {self.source_name}",
             f"  front end: {self.front_end}; shapes from {r.shape_mode}; "
-            f"{len(self.gm.graph.nodes)} nodes, {len(self._params)} parameter tensors",
+            f"{len(self.gm.graph.nodes)} nodes, {len(self.param_names)} parameter tensors",
             f"  {len(self.groups)} prunable groups, {sum(g.size for g in self.groups)} coordinates",
         ]
         if self.groups:

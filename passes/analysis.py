@@ -6,13 +6,18 @@ The graph runs once on meta tensors (a structural clone of the module tree
 whose parameters live on the meta device: no weight memory, no arithmetic).
 After each node runs, its rule states the channel structure of its output in
 terms of the axes of its inputs (see passes/axes.py). Nodes without a rule pin
-every axis they touch. At the end every node gets a frozen ``ChannelMeta``
-under ``node.meta["fxprune"]`` and the unpinned atoms read by parameters
-become the pruning groups.
+every axis they touch, and so do nodes whose rule raises ``RuleError`` (or,
+outside strict mode, any exception: Note [Strict mode] in passes/errors.py).
+At the end every node gets a frozen ``ChannelMeta`` under
+``node.meta["fxprune"]`` and the unpinned atoms read by parameters become the
+pruning groups (passes/finalize.py).
+
+``analyze_graph`` closes the graph: its inputs and outputs are pinned.
+``analyze_block`` leaves them open, for a graph that stands for a piece of a
+larger one (a folded block): the caller decides their fate.
 """
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -20,75 +25,60 @@ from typing import Any, Optional
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 from . import registry
-from .axes import AxisTable, iter_atoms
-from .context import IV, OV, SV, TV, RuleContext, RuleError, iter_tensors
-from .meta import META_KEY, ArgEdit, ChannelMeta, ParamUse, SizeRead, TensorLayout
+from .axes import AxisTable
+from .context import IV, OV, SV, TV, RuleContext, RuleError, iter_tensors, to_python
+from .errors import RuleBugError, ShapePropagationError, is_strict
+from .finalize import finalize, resolve_value
+from .meta_device import meta_call, meta_clone, to_meta
 
-__all__ = ["AnalysisResult", "analyze_graph", "ShapePropagationError"]
+__all__ = ["AnalysisResult", "analyze_graph", "analyze_block", "ShapePropagationError", "meta_clone"]
 
-
-class ShapePropagationError(RuntimeError):
-    pass
+_RULE_BUGS = (IndexError, TypeError, ValueError, KeyError, AttributeError)
 
 
 @dataclass
 class AnalysisResult:
+    """What the analysis found; every node also carries its ``ChannelMeta``.
+
+    ``group_atoms`` are the atom ids of the pruning groups, in graph order.
+    ``inputs``/``outputs`` are set by :func:`analyze_block` only: per
+    placeholder, and per flat output leaf, a ``TensorLayout`` (the Python
+    value for a non-tensor).
+    """
+
     gm: fx.GraphModule
     axes: AxisTable
-    groups: list  # list[int]: atom ids, in graph order
+    group_atoms: list  # list[int]
     members: dict  # atom id -> list[(target, dim)]
     pinned: dict  # atom id -> list[str] reasons (only atoms read by parameters)
     unknown: list  # list[(node name, description)]
     shape_mode: str = "meta"
     notes: list = field(default_factory=list)
-
-
-def meta_clone(module: nn.Module, memo: Optional[dict] = None) -> nn.Module:
-    """A structural copy of ``module`` whose tensors live on the meta device."""
-    memo = {} if memo is None else memo
-    if id(module) in memo:
-        return memo[id(module)]
-    clone = copy.copy(module)
-    memo[id(module)] = clone
-    clone.__dict__ = dict(module.__dict__)
-    clone._parameters = {k: _meta_tensor(p, memo) for k, p in module._parameters.items()}
-    clone._buffers = {k: _meta_tensor(b, memo) for k, b in module._buffers.items()}
-    clone._modules = {k: (None if m is None else meta_clone(m, memo)) for k, m in module._modules.items()}
-    for k, v in module.__dict__.items():
-        if isinstance(v, torch.Tensor):
-            clone.__dict__[k] = _meta_tensor(v, memo)
-    return clone
-
-
-def _meta_tensor(t: Optional[torch.Tensor], memo: dict):
-    if t is None:
-        return None
-    if id(t) not in memo:
-        m = torch.empty_like(t, device="meta")
-        memo[id(t)] = nn.Parameter(m, t.requires_grad) if isinstance(t, nn.Parameter) else m
-    return memo[id(t)]
+    inputs: tuple = ()
+    outputs: tuple = ()
 
 
 class _Analyzer(fx.Interpreter):
     def __init__(self, module: nn.Module, graph: fx.Graph, parent: Optional["_Analyzer"] = None,
-                 seed: Optional[list] = None):
+                 seed: Optional[list] = None, strict: bool = False, open_boundaries: bool = False):
         super().__init__(module, graph=graph, garbage_collect_values=True)
         self.values: dict[fx.Node, Any] = {}
         self.contexts: dict[fx.Node, RuleContext] = {}
         self.unused: list = []  # get_attr nodes without users
-        self.seed, self.result = seed, None  # a subgraph's input values and output value
+        self.seed, self.result = seed, None  # a subgraph's input values; its output value
+        self.open, self.inputs = open_boundaries, []  # open boundaries: inputs unpinned (recorded), output kept
         if parent is None:
             self.axes = AxisTable()
             self.param_layouts: dict[int, tuple] = {}
             self.uses: dict[fx.Node, list] = defaultdict(list)
             self.consumers: dict[int, set] = defaultdict(set)
             self.unknown: list = []
-            self.on_meta = False
+            self.on_meta, self.strict = False, strict
         else:  # a subgraph shares the axes and parameter tables of its parent
-            for name in ("axes", "param_layouts", "uses", "consumers", "unknown", "on_meta"):
+            for name in ("axes", "param_layouts", "uses", "consumers", "unknown", "on_meta", "strict"):
                 setattr(self, name, getattr(parent, name))
 
     # -- values -------------------------------------------------------------
@@ -171,12 +161,12 @@ class _Analyzer(fx.Interpreter):
 
     def call_function(self, target, args, kwargs):
         if self.on_meta:
-            return _meta_call(super().call_function, target, args, kwargs)
+            return meta_call(super().call_function, target, args, kwargs)
         return super().call_function(target, args, kwargs)
 
     def call_method(self, target, args, kwargs):
         if self.on_meta:
-            return _meta_call(super().call_method, target, args, kwargs)
+            return meta_call(super().call_method, target, args, kwargs)
         return super().call_method(target, args, kwargs)
 
     def run_node(self, n: fx.Node) -> Any:
@@ -193,13 +183,16 @@ class _Analyzer(fx.Interpreter):
         if n.op == "placeholder":
             if self.seed is not None:
                 return self.seed.pop(0)
+            if self.open:
+                self.inputs.append(_open_value(self.axes, out))
+                return self.inputs[-1]
             return self.from_output(out, f"graph input '{n.name}'")
         if n.op == "get_attr":
             val = self.param_value(n, n.target, out)
             if not n.users:
                 self.unused.append(n)
             return val
-        if n.op == "output" and self.seed is not None:
+        if n.op == "output" and (self.seed is not None or self.open):
             self.result = self.value_of(n.args[0])
             return None
         if n.op == "output":
@@ -214,9 +207,13 @@ class _Analyzer(fx.Interpreter):
             return self._unknown(ctx, f"no rule for {registry.rule_name(n, module)}")
         try:
             val = rule(ctx)
-        except (RuleError, IndexError, TypeError, ValueError, KeyError, AttributeError) as e:
-            ctx.edits.clear(), ctx.attrs.clear()
-            ctx.retarget = ctx.size_read = None
+        except (RuleError, *_RULE_BUGS) as e:
+            if self.strict and not isinstance(e, RuleError):
+                raise RuleBugError(
+                    f"rule {rule.__name__} raised {type(e).__name__} at {n.format_node()}: {e}. A rule says "
+                    "'I cannot handle this form' with RuleError; anything else is a bug in the rule. (Strict "
+                    "mode; outside it the node is pinned instead, see Note [Strict mode].)") from e
+            ctx.clear_instructions()
             return self._unknown(ctx, f"rule {rule.__name__} cannot handle this call ({e})")
         self.contexts[n] = ctx
         return val
@@ -231,38 +228,6 @@ class _Analyzer(fx.Interpreter):
             for name, t in [*ctx.module.named_parameters(), *ctx.module.named_buffers()]:
                 ctx.pin_value(self.param_value(n, f"{n.target}.{name}", t), reason)
         return self.from_output(ctx.out, reason)
-
-
-def _to_meta_device(args: tuple, kwargs: dict) -> tuple:
-    """On meta, devices named in the graph (``.to("cpu")``, factories with ``device=``) become meta."""
-    def swap(a):
-        if isinstance(a, torch.device) or (isinstance(a, str) and a.split(":")[0] in ("cpu", "cuda", "mps", "xpu")):
-            return torch.device("meta")
-        return a
-
-    kwargs = dict(kwargs)
-    if kwargs.get("device") is not None:
-        kwargs["device"] = torch.device("meta")
-    return tuple(swap(a) for a in args), kwargs
-
-
-class _MetaRunner(fx.Interpreter):
-    """Runs a subgraph (of a higher-order op) on meta tensors, devices swapped like the main graph."""
-
-    def call_function(self, target, args, kwargs):
-        return _meta_call(super().call_function, target, args, kwargs)
-
-    def call_method(self, target, args, kwargs):
-        return _meta_call(super().call_method, target, args, kwargs)
-
-
-def _meta_call(call, target, args, kwargs):
-    args, kwargs = _to_meta_device(args, kwargs)
-    if getattr(target, "__name__", "") == "wrap_with_set_grad_enabled":  # (enabled, subgraph, *inputs)
-        enabled, sub, *inputs = args
-        with torch.set_grad_enabled(enabled):
-            return _MetaRunner(sub).run(*inputs)
-    return call(target, args, kwargs)
 
 
 @registry.register(torch.ops.higher_order.wrap_with_set_grad_enabled)
@@ -280,110 +245,93 @@ def grad_mode_region(ctx: RuleContext) -> Any:
     child.run(*(parent.env[a] if isinstance(a, fx.Node) else a for a in inputs))
     reason = f"size used inside the subgraph of {ctx.where}"
     for c in child.contexts.values():
-        for _, layouts, _, _ in c.edits:
-            for layout in layouts if isinstance(layouts, list) else [layouts]:
-                ctx.pin(layout, reason)
-        if c.size_read is not None:
-            ctx.pin(c.size_read, reason)
-        for _, layouts in c.attrs:
-            for layout in layouts if isinstance(layouts, list) else [layouts]:
-                ctx.pin(layout, reason)
+        for layout in c.instruction_layouts():
+            ctx.pin(layout, reason)
     return child.result
 
 
-def _to_meta(x: Any) -> Any:
-    return torch.empty_like(x, device="meta") if isinstance(x, torch.Tensor) else x
+def _propagate(gm: fx.GraphModule, example_inputs: tuple, strict: bool,
+               open_boundaries: bool = False) -> tuple[_Analyzer, str]:
+    """Run the graph on meta tensors (on real ones where that fails), the rules after each node."""
+    def run(module, inputs):
+        analyzer = _Analyzer(module, gm.graph, strict=strict, open_boundaries=open_boundaries)
+        analyzer.on_meta = module is not gm
+        analyzer.run(*inputs)
+        return analyzer
 
-
-def _propagate(gm: fx.GraphModule, example_inputs: tuple) -> tuple[_Analyzer, str]:
     try:
-        analyzer = _Analyzer(meta_clone(gm), gm.graph)
-        analyzer.on_meta = True
-        analyzer.run(*tree_map(_to_meta, tuple(example_inputs)))
-        return analyzer, "meta"
+        return run(meta_clone(gm), tree_map(to_meta, tuple(example_inputs))), "meta"
     except ShapePropagationError as meta_error:
-        analyzer = _Analyzer(gm, gm.graph)
         with torch.no_grad():
             try:
-                analyzer.run(*example_inputs)
+                return run(gm, example_inputs), f"real tensors ({meta_error})"
             except ShapePropagationError as e:
                 raise e from None
-        return analyzer, f"real tensors ({meta_error})"
 
 
-def analyze_graph(gm: fx.GraphModule, example_inputs: tuple) -> AnalysisResult:
+def _result(gm: fx.GraphModule, an: _Analyzer, mode: str) -> AnalysisResult:
+    an.pin_unused_attrs()
+    groups, members, pinned = finalize(gm, an)
+    return AnalysisResult(gm, an.axes, groups, members, pinned, an.unknown, mode)
+
+
+def analyze_graph(gm: fx.GraphModule, example_inputs: tuple, *, strict: Optional[bool] = None) -> AnalysisResult:
     """Annotate every node of ``gm`` with ``ChannelMeta`` and collect the groups.
 
     Args:
         gm: the graph to analyse; only ``node.meta`` is written.
         example_inputs: positional inputs (real tensors; only shapes and dtypes are used).
+        strict: raise :class:`RuleBugError` where a rule fails with anything but ``RuleError``;
+            None follows ``fxprune.passes.strict()`` / ``FXPRUNE_STRICT`` (Note [Strict mode]).
 
     Returns:
         An :class:`AnalysisResult` holding the axis table and the groups.
+
+    Example::
+
+        >>> import torch, torch.fx as fx
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> result = analyze_graph(fx.symbolic_trace(net), (torch.randn(1, 4),))
+        >>> [result.axes.size(a) for a in result.group_atoms]
+        [8]
     """
-    analyzer, mode = _propagate(gm, example_inputs)
-    analyzer.pin_unused_attrs()
-    return _finalize(gm, analyzer, mode)
+    analyzer, mode = _propagate(gm, example_inputs, is_strict(strict))
+    return _result(gm, analyzer, mode)
 
 
-def _resolve_value(axes: AxisTable, val: Any) -> Any:
-    if isinstance(val, TV):
-        return TensorLayout(val.shape, tuple(axes.resolve(d) for d in val.dims))
-    if isinstance(val, SV):
-        return tuple(_resolve_value(axes, v) for v in val.items)
-    return None
+def analyze_block(gm: fx.GraphModule, example_inputs: tuple, *, strict: Optional[bool] = None) -> AnalysisResult:
+    """Analyse a graph with open boundaries: a piece of a larger graph (a folded block).
+
+    Its tensor inputs get fresh, unpinned axes and its outputs are not pinned: the
+    caller unifies them with the larger graph. Otherwise as :func:`analyze_graph`;
+    the result's ``inputs`` and ``outputs`` hold the boundary's layouts.
+
+    Example::
+
+        >>> import torch, torch.fx as fx
+        >>> block = fx.symbolic_trace(torch.nn.Linear(4, 8))
+        >>> result = analyze_block(block, (torch.randn(1, 4),))
+        >>> [lay.size for lay in result.outputs[0].dims], len(result.group_atoms)  # in, out: unpinned
+        ([1, 8], 2)
+    """
+    analyzer, mode = _propagate(gm, example_inputs, is_strict(strict), open_boundaries=True)
+    result = _result(gm, analyzer, mode)
+    result.inputs = tuple(resolve_value(analyzer.axes, v) for v in analyzer.inputs)
+    result.outputs = tuple(_boundary(analyzer.axes, o) for o in tree_leaves(_plain(analyzer.result)))
+    return result
 
 
-def _resolve_layouts(axes: AxisTable, layouts: Any) -> Any:
-    if isinstance(layouts, list):
-        return tuple(_resolve_layouts(axes, x) for x in layouts)
-    return axes.resolve(layouts)
+def _open_value(axes: AxisTable, x: Any) -> Any:
+    """A block input: tensors get fresh, unpinned axes (the caller decides their fate)."""
+    if isinstance(x, torch.Tensor):
+        return TV(tuple(int(n) for n in x.shape), tuple(axes.fresh(int(n)) for n in x.shape))
+    return IV(x, literal=True) if isinstance(x, (int, float)) and not isinstance(x, bool) else OV(x)
 
 
-def _has_tensor(val: Any) -> bool:
-    if isinstance(val, TV):
-        return True
-    return isinstance(val, SV) and any(_has_tensor(v) for v in val.items)
+def _plain(val: Any) -> Any:
+    return list(_plain(v) for v in val.items) if isinstance(val, SV) else val
 
 
-def _node_meta(an: _Analyzer, n: fx.Node) -> ChannelMeta:
-    axes, val = an.axes, an.values.get(n)
-    params = tuple(
-        ParamUse(target, tuple(axes.resolve(d) for d in an.param_layouts[key]), frozenset(an.consumers.get(key, ())))
-        for target, key in an.uses.get(n, ())
-    )
-    common = dict(produces_tensor=_has_tensor(val), params=params,
-                  resolver=(lambda: _resolve_value(axes, val)) if _has_tensor(val) else None)
-    ctx = an.contexts.get(n)
-    if ctx is None:
-        return ChannelMeta(rule="unknown" if n.op.startswith("call") else n.op, **common)
-    return ChannelMeta(
-        rule=registry.rule_name(n, ctx.module),
-        arg_edits=tuple(ArgEdit(p, _resolve_layouts(axes, l), k, v) for p, l, k, v in ctx.edits),
-        attr_edits=tuple((name, _resolve_layouts(axes, l)) for name, l in ctx.attrs),
-        retarget=ctx.retarget,
-        size_read=None if ctx.size_read is None else SizeRead(axes.resolve(ctx.size_read), val.value),
-        **common,
-    )
-
-
-def _finalize(gm: fx.GraphModule, an: _Analyzer, mode: str) -> AnalysisResult:
-    members: dict = defaultdict(dict)  # atom -> {(target, dim): None}, insertion-ordered
-    seen: set = set()
-    for n in gm.graph.nodes:
-        meta = _node_meta(an, n)
-        n.meta[META_KEY] = meta
-        for use in meta.params:
-            if use.target in seen:
-                continue
-            seen.add(use.target)
-            for d, layout in enumerate(use.dims):
-                for atom in iter_atoms(layout):
-                    members[atom.id][(use.target, d)] = None
-    groups, pinned = [], {}
-    for atom, refs in members.items():
-        if an.axes.is_pinned(atom):
-            pinned[atom] = an.axes.pin_reasons(atom)
-        elif an.axes.size(atom) > 1:
-            groups.append(atom)
-    return AnalysisResult(gm, an.axes, groups, {a: list(r) for a, r in members.items()}, pinned, an.unknown, mode)
+def _boundary(axes: AxisTable, val: Any) -> Any:
+    """An output leaf: its TensorLayout, or its Python value."""
+    return resolve_value(axes, val) if isinstance(val, TV) else to_python(val)

@@ -18,34 +18,23 @@ Where no common refinement exists, every axis involved is *pinned*: it will
 never be pruned. Pinning is how the analysis stays sound on what it does not
 understand.
 
-After analysis, ``resolve`` turns a raw layout into a frozen ``DimLayout``
-over *atoms* (root axes without definition). Atoms that are not pinned and
-have at least two coordinates are the pruning groups.
+After analysis, ``resolve`` turns a raw layout into a frozen
+:class:`~fxprune.passes.layout.Layout` over *atoms* (root axes without
+definition; see passes/layout.py). Atoms that are not pinned and have at least
+two coordinates are the pruning groups. ``embed`` is the way back: a resolved
+layout over another table's atoms (a folded block's) as a raw layout here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Union
+from typing import Iterable, Mapping
 
-__all__ = ["Atom", "DimLayout", "AxisTable", "UNIT", "layout_size", "flat_indices", "new_size"]
+from .layout import Atom, Factor, Layout
 
-Layout = tuple  # tuple[tuple[int, ...], ...]
-UNIT: Layout = ((),)
+__all__ = ["AxisTable", "RawLayout", "UNIT"]
+
+RawLayout = tuple  # tuple[tuple[int, ...], ...]: segments of axis ids
+UNIT: RawLayout = ((),)
 _MAX_REASONS = 4
-
-
-@dataclass(frozen=True, slots=True)
-class Atom:
-    """One indivisible axis of the final analysis: ``id`` names its group."""
-
-    id: int
-    size: int
-
-
-# A resolved dimension: segments of factors; a factor is an Atom or, for a
-# concatenation nested inside a product, a DimLayout itself.
-Factor = Union[Atom, tuple]
-DimLayout = tuple  # tuple[tuple[Factor, ...], ...]
 
 
 class AxisTable:
@@ -54,7 +43,7 @@ class AxisTable:
     def __init__(self) -> None:
         self._parent: list[int] = []
         self._size: list[int] = []
-        self._defn: list[Layout | None] = []
+        self._defn: list[RawLayout | None] = []
         self._pinned: list[list[str] | None] = []
         self._dynamic: list[bool] = []
         self._mixing: list[str | None] = []
@@ -70,7 +59,7 @@ class AxisTable:
         self._mixing.append(None)
         return a
 
-    def fresh(self, size: int, *, pinned: str | None = None, dynamic: bool = False) -> Layout:
+    def fresh(self, size: int, *, pinned: str | None = None, dynamic: bool = False) -> RawLayout:
         """A layout for a dimension of ``size`` fresh coordinates."""
         if size == 0:
             return ()
@@ -78,7 +67,7 @@ class AxisTable:
             return UNIT
         return ((self.new(size, pinned=pinned, dynamic=dynamic),),)
 
-    def product(self, *layouts: Layout) -> Layout:
+    def product(self, *layouts: RawLayout) -> RawLayout:
         """The row-major product of several dimensions (as ``flatten`` makes)."""
         segs: list = [()]
         for layout in layouts:
@@ -125,10 +114,10 @@ class AxisTable:
             n *= self._size[a]
         return n
 
-    def layout_size(self, layout: Layout) -> int:
+    def layout_size(self, layout: RawLayout) -> int:
         return sum(self.segment_size(s) for s in layout)
 
-    def atoms(self, layout: Layout) -> list[int]:
+    def atoms(self, layout: RawLayout) -> list[int]:
         """All atoms (roots without definition) a layout expands to."""
         out: list[int] = []
         for seg in layout:
@@ -142,7 +131,7 @@ class AxisTable:
         return out
 
     # -- flags --------------------------------------------------------------
-    def pin(self, layout: Layout, reason: str) -> None:
+    def pin(self, layout: RawLayout, reason: str) -> None:
         for seg in layout:
             for a in seg:
                 self._pin_axis(a, reason)
@@ -158,11 +147,11 @@ class AxisTable:
         if d is not None and reasons is None:
             self.pin(d, reason)
 
-    def mark_dynamic(self, layout: Layout) -> None:
+    def mark_dynamic(self, layout: RawLayout) -> None:
         for a in self.atoms(layout):
             self._dynamic[a] = True
 
-    def mark_mixing(self, layout: Layout, reason: str) -> None:
+    def mark_mixing(self, layout: RawLayout, reason: str) -> None:
         """Record that an op mixes the coordinates of these axes (norms, reductions)."""
         for a in self.atoms(layout):
             if self._mixing[a] is None:
@@ -182,7 +171,7 @@ class AxisTable:
         return subs
 
     # -- expansion ------------------------------------------------------------
-    def expand(self, layout: Layout) -> list[list[int]]:
+    def expand(self, layout: RawLayout) -> list[list[int]]:
         """Canonical sum-of-products form over roots, without size-1 factors.
 
         Product definitions are spliced in; a sum definition in the leading
@@ -217,7 +206,7 @@ class AxisTable:
         return parts
 
     # -- unification ------------------------------------------------------------
-    def unify(self, l1: Layout, l2: Layout, reason: str) -> bool:
+    def unify(self, l1: RawLayout, l2: RawLayout, reason: str) -> bool:
         """State that two layouts describe the same coordinates, in order.
 
         Returns False (and pins every axis involved) where no common
@@ -320,80 +309,18 @@ class AxisTable:
         return True
 
     # -- resolution -------------------------------------------------------------
-    def resolve(self, layout: Layout) -> DimLayout:
+    def resolve(self, layout: RawLayout) -> Layout:
         """Freeze a raw layout into segments of Atoms (and nested sums)."""
-        return tuple(tuple(self._resolve_factor(r) for r in seg) for seg in self.expand(layout))
+        return Layout(tuple(tuple(self._resolve_factor(r) for r in seg) for seg in self.expand(layout)))
 
     def _resolve_factor(self, r: int) -> Factor:
         d = self._defn[r]
-        return Atom(r, self._size[r]) if d is None else self.resolve(d)
+        return Atom(r, self._size[r], self._pinned[r] is not None) if d is None else self.resolve(d)
 
-
-# -- helpers on resolved layouts -------------------------------------------------
-def _factor_size(f: Factor) -> int:
-    return f.size if isinstance(f, Atom) else layout_size(f)
-
-
-def layout_size(layout: DimLayout) -> int:
-    total = 0
-    for seg in layout:
-        n = 1
-        for f in seg:
-            n *= _factor_size(f)
-        total += n
-    return total
-
-
-def iter_atoms(layout: DimLayout):
-    for seg in layout:
-        for f in seg:
-            if isinstance(f, Atom):
-                yield f
-            else:
-                yield from iter_atoms(f)
-
-
-def new_size(layout: DimLayout, keep: dict) -> int:
-    """Size of a resolved dimension once ``keep`` (atom id -> kept indices) is applied."""
-    total = 0
-    for seg in layout:
-        n = 1
-        for f in seg:
-            if isinstance(f, Atom):
-                n *= len(keep[f.id]) if f.id in keep else f.size
-            else:
-                n *= new_size(f, keep)
-        total += n
-    return total
-
-
-def flat_indices(layout: DimLayout, keep: dict):
-    """Flat original indices of the kept coordinates, in their new order.
-
-    Segments in order, products row-major; ``keep`` maps atom ids to 1-D
-    LongTensors of kept coordinates.
-    """
-    import torch
-
-    pieces, offset = [], 0
-    for seg in layout:
-        idx = torch.zeros(1, dtype=torch.long)
-        for f in seg:
-            size = _factor_size(f)
-            if isinstance(f, Atom):
-                kept = keep.get(f.id)
-                kept = torch.arange(size) if kept is None else kept
-            else:
-                kept = flat_indices(f, keep)
-            idx = (idx[:, None] * size + kept[None, :]).reshape(-1)
-        seg_size = 1
-        for f in seg:
-            seg_size *= _factor_size(f)
-        pieces.append(idx + offset)
-        offset += seg_size
-    return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
-
-
-def touches(layout: DimLayout, keep: dict) -> bool:
-    """Whether any atom of the layout is edited by ``keep``."""
-    return any(a.id in keep for a in iter_atoms(layout))
+    def embed(self, layout: Layout, amap: Mapping[int, int]) -> RawLayout:
+        """A resolved layout over foreign atoms as a raw layout over this table's axes ``amap[atom id]``."""
+        segs: list = []
+        for seg in layout.segments:
+            factors = [((amap[f.id],),) if isinstance(f, Atom) else self.embed(f, amap) for f in seg]
+            segs.extend(self.product(*factors) if factors else [()])
+        return tuple(segs)

@@ -7,18 +7,22 @@ analysing N copies costs N times one. Instead the top-level graph calls an
 opaque op, ``fxprune::folded_block(inputs, key)``, where each block ran, and
 the block is captured once as its own graph.
 
-* :func:`summarize` analyses the block graph with *open* boundaries: its
-  inputs get fresh, unpinned axes and its outputs are not pinned. The resolved
-  layouts of inputs, outputs and parameters over the block's atoms, and each
-  atom's size, pins and flags, are the block's summary.
+* :func:`summarize` analyses the block graph with *open* boundaries
+  (``analyze_block``): its inputs get fresh, unpinned axes and its outputs are
+  not pinned. The resolved layouts of inputs, outputs and parameters over the
+  block's atoms, and each atom's size, pins and flags, are the block's
+  summary. The capture stores the summaries, and the block path of every call
+  site, as a frozen ``FoldRegistry`` in ``gm.meta[FOLDS_KEY]`` (passes/folds.py).
 * The rule of ``folded_block`` instantiates the summary in the top-level axis
   table: one new axis per block atom, the inputs unified with the call site,
   the outputs and parameter uses (under the instance's own names) expressed
   over the new axes. Cost per call site is the number of block atoms, not
-  the number of block nodes.
+  the number of block nodes. The analysis records the site as a frozen
+  ``FoldSite`` in the node's ``ChannelMeta.fold``: the layout, in the
+  top-level graph, of every block atom.
 * The rewrite prunes the instance parameters like any others, then replaces
   each ``folded_block`` node by a call to the block graph rewritten with the
-  instance's keep map (:func:`expand_folded`).
+  instance's keep map (passes/rewrite.py, reading ``FoldSite`` only).
 
 Identical summaries are only sound for identical blocks: ``fxprune.capture.folding``
 checks module structure and call signature before it reuses one.
@@ -26,23 +30,19 @@ checks module structure and call signature before it reuses one.
 from __future__ import annotations
 
 import itertools
-from operator import attrgetter
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn as nn
-from torch.utils._pytree import tree_leaves, tree_unflatten
 
 from . import registry
-from .axes import Atom, AxisTable, flat_indices, iter_atoms, touches
-from .context import IV, OV, SV, TV, RuleContext, RuleError
+from .analysis import analyze_block
+from .context import SV, TV, RuleContext, RuleError
+from .folds import FOLDS_KEY, BlockAtom, BlockParam, BlockSummary, FoldInfo
+from .meta import TensorLayout, get_channel_meta
 
-__all__ = ["BlockSummary", "FoldInfo", "FoldSite", "FOLD_KEY", "TENSOR", "summarize", "register_outputs",
-           "expand_folded", "plant", "tensor_leaves"]
+__all__ = ["summarize", "register_outputs", "folded_block_rule"]
 
-FOLD_KEY = "fxprune_fold"
 _OUTPUTS: dict = {}  # key -> [(shape, dtype)]: what folded_block returns, for fake/meta execution
 _KEYS = itertools.count()
 
@@ -67,29 +67,6 @@ def register_outputs(outputs: list) -> int:
     return key
 
 
-@dataclass(frozen=True)
-class _AtomInfo:
-    size: int
-    pins: tuple
-    dynamic: bool
-    mixing: Any
-
-
-@dataclass(eq=False)
-class BlockSummary:
-    """A block graph analysed with open boundaries, ready to instantiate at call sites."""
-
-    gm: fx.GraphModule  # the block graph, nodes annotated over the block's atoms
-    inputs: tuple  # per op input: resolved dims of the matching placeholder
-    outputs: tuple  # per flat output: (shape, resolved dims)
-    params: tuple  # (target, resolved dims, consumer dims, is_state) for every tensor attribute
-    atoms: dict  # atom id -> _AtomInfo
-    unknown: list  # (node name, why) inside the block
-
-    def __deepcopy__(self, memo):  # shared, immutable once built
-        return self
-
-
 def summarize(gm: fx.GraphModule, example_inputs: tuple, op_inputs: list, state: set) -> BlockSummary:
     """Analyse a block graph with open boundaries.
 
@@ -97,221 +74,72 @@ def summarize(gm: fx.GraphModule, example_inputs: tuple, op_inputs: list, state:
     ``folded_block`` input to its placeholder index; ``state`` names the block's own
     parameters and buffers (other tensor attributes are graph constants).
     """
-    from .analysis import _Analyzer, _finalize, _to_meta, meta_clone
-
-    an = _Analyzer(meta_clone(gm), gm.graph, seed=[])
-    seeds = [_open_value(an.axes, x) for x in example_inputs]
-    an.seed, an.on_meta = list(seeds), True
-    an.run(*(_to_meta(x) for x in example_inputs))
-    an.pin_unused_attrs()
-    result = _finalize(gm, an, "meta")
-    axes = an.axes
-    resolve_dims = lambda tv: tuple(axes.resolve(d) for d in tv.dims)  # noqa: E731
-    inputs = tuple(resolve_dims(seeds[i]) for i in op_inputs)
-    outs = [o for o in tree_leaves(_plain(an.result)) if not isinstance(o, OV)]  # constants: not op outputs
-    if not all(isinstance(o, TV) for o in outs):
+    result = analyze_block(gm, example_inputs)
+    outs = [o for o in result.outputs if not _is_constant(o)]
+    if not all(isinstance(o, TensorLayout) for o in outs):
         raise RuleError("a folded block must return tensors and constants only")
-    outputs = tuple((o.shape, resolve_dims(o)) for o in outs)
+    inputs = tuple(result.inputs[i].dims for i in op_inputs)
+    outputs = tuple((o.shape, o.dims) for o in outs)
     params, seen = [], set()
     for n in gm.graph.nodes:
-        for target, key in an.uses.get(n, ()):
-            if target not in seen:
-                seen.add(target)
-                dims = tuple(axes.resolve(d) for d in an.param_layouts[key])
-                params.append((target, dims, frozenset(an.consumers.get(key, ())), target in state))
-    layouts = [*inputs, *(d for _, d in outputs), *(p[1] for p in params)]
-    atoms = {}
-    for dims in layouts:
+        for use in get_channel_meta(n).params:
+            if use.target not in seen:
+                seen.add(use.target)
+                params.append(BlockParam(use.target, use.dims, use.consumer_dims, use.target in state))
+    atoms: dict = {}
+    for dims in (*inputs, *(d for _, d in outputs), *(p.dims for p in params)):
         for layout in dims:
-            for a in iter_atoms(layout):
+            for a in layout.atoms():
                 if a.id not in atoms:
-                    atoms[a.id] = _AtomInfo(a.size, tuple(axes.pin_reasons(a.id)), axes.is_dynamic(a.id),
+                    axes = result.axes
+                    atoms[a.id] = BlockAtom(a.size, tuple(axes.pin_reasons(a.id)), axes.is_dynamic(a.id),
                                             axes.mixing_reason(a.id))
-    return BlockSummary(gm, inputs, outputs, tuple(params), atoms, list(result.unknown))
+    return BlockSummary(gm, inputs, outputs, tuple(params), tuple(atoms.items()), tuple(result.unknown))
 
 
-def _open_value(axes: AxisTable, x: Any) -> Any:
-    """A block input: tensors get fresh, unpinned axes (the call site decides their fate)."""
-    if isinstance(x, torch.Tensor):
-        return TV(tuple(int(n) for n in x.shape), tuple(axes.fresh(int(n)) for n in x.shape))
-    return IV(x, literal=True) if isinstance(x, (int, float)) and not isinstance(x, bool) else OV(x)
+def _is_constant(leaf: Any) -> bool:
+    """Output leaves that are neither tensors nor numbers (a number may be a size of a pruned dim)."""
+    return not isinstance(leaf, (TensorLayout, int, float, bool, torch.SymInt))
 
 
-def _plain(val: Any) -> Any:
-    return list(_plain(v) for v in val.items) if isinstance(val, SV) else val
-
-
-def _embed(axes: AxisTable, layout: tuple, amap: dict) -> tuple:
-    """A resolved block layout as a raw top-level layout over the instance's axes."""
-    segs: list = []
-    for seg in layout:
-        factors = [((amap[f.id],),) if isinstance(f, Atom) else _embed(axes, f, amap) for f in seg]
-        segs.extend(axes.product(*factors) if factors else [()])
-    return tuple(segs)
-
-
-@dataclass(eq=False)
-class FoldSite:
-    """A ``folded_block`` call: the block instance at ``path`` and its atoms in the top-level table."""
-
-    summary: BlockSummary
-    path: str
-    spec: Any
-    leaves: tuple
-    amap: dict = field(default_factory=dict)  # block atom -> top-level axis
-    resolve: Callable = None
-
-    def __deepcopy__(self, memo):
-        return self
-
-
-class TensorSlot:
-    """Where a block call's flat leaves take the ``folded_block`` inputs, in order."""
-
-    def __repr__(self) -> str:
-        return "<tensor>"
-
-
-TENSOR = TensorSlot()
-
-
-@dataclass(frozen=True)
-class FoldInfo:
-    """What the capture front end knows about one ``folded_block`` key."""
-
-    summary: BlockSummary
-    spec: Any  # pytree spec of the block call's (args, kwargs)
-    leaves: tuple  # the call's flat leaves: constants, and TENSOR where an op input goes
-
-    def __deepcopy__(self, memo):
-        return self
-
-
-def _instantiate(ctx: RuleContext, site: FoldSite, inputs: list) -> SV:
-    axes, an, summary = ctx.axes, ctx.analyzer, site.summary
-    for b, info in summary.atoms.items():
-        a = axes.new(info.size, dynamic=info.dynamic)
-        for reason in info.pins:
-            axes.pin(((a,),), f"{reason} (in folded block {site.path})")
-        if info.mixing:
-            axes.mark_mixing(((a,),), info.mixing)
-        site.amap[b] = a
+def _instantiate(ctx: RuleContext, info: FoldInfo, path: str, inputs: list) -> SV:
+    axes, an, summary = ctx.axes, ctx.analyzer, info.summary
+    amap: dict = {}  # block atom -> top-level axis
+    for b, atom in summary.atoms:
+        a = axes.new(atom.size, dynamic=atom.dynamic)
+        for reason in atom.pins:
+            axes.pin(((a,),), f"{reason} (in folded block {path})")
+        if atom.mixing:
+            axes.mark_mixing(((a,),), atom.mixing)
+        amap[b] = a
     for tv, dims in zip(inputs, summary.inputs):
         for d, layout in zip(tv.dims, dims):
-            ctx.unify(d, _embed(axes, layout, site.amap))
-    for target, dims, consumers, is_state in summary.params:
-        embedded = tuple(_embed(axes, layout, site.amap) for layout in dims)
-        if not is_state:  # a constant of the block graph: coupled to channels, never pruned
+            ctx.unify(d, axes.embed(layout, amap))
+    for p in summary.params:
+        embedded = tuple(axes.embed(layout, amap) for layout in p.dims)
+        if not p.is_state:  # a constant of the block graph: coupled to channels, never pruned
             for layout in embedded:
-                ctx.pin(layout, f"constant tensor '{target}' of folded block {site.path}")
+                ctx.pin(layout, f"constant tensor '{p.target}' of folded block {path}")
             continue
-        full = f"{site.path}.{target}"
-        t = an.fetch_attr(full)
-        tv = an.param_value(ctx.node, full, t)
+        full = f"{path}.{p.target}"
+        tv = an.param_value(ctx.node, full, an.fetch_attr(full))
         for have, want in zip(tv.dims, embedded):
             ctx.unify(have, want)
-        for d in consumers:
+        for d in p.consumer_dims:
             an.mark_consumer(tv.source, d)
-    site.resolve = lambda: {b: axes.resolve(((a,),)) for b, a in site.amap.items()}
-    outs = (TV(shape, tuple(_embed(axes, layout, site.amap) for layout in dims)) for shape, dims in summary.outputs)
-    return SV(tuple(outs))
+    ctx.fold = (info, path, amap)
+    return SV(tuple(TV(shape, tuple(axes.embed(layout, amap) for layout in dims)) for shape, dims in summary.outputs))
 
 
 @registry.register(torch.ops.fxprune.folded_block)
 def folded_block_rule(ctx: RuleContext):
     """A folded block: its summary instantiated at this call site (Note [Folded blocks])."""
-    folds = getattr(ctx.node.graph.owning_module, "_fxprune_folds", None)
-    key = ctx.const(1, "key")
-    paths = getattr(ctx.node.graph.owning_module, "_fxprune_fold_paths", {})
-    if not folds or key not in folds or ctx.node.name not in paths:
+    folds = getattr(ctx.node.graph.owning_module, "meta", {}).get(FOLDS_KEY)
+    info = folds and folds.info(ctx.const(1, "key"))
+    path = folds and folds.path(ctx.node.name)
+    if info is None or path is None:
         raise RuleError("no block summary for this folded_block call")
-    info = folds[key]
     inputs = list(ctx.v(ctx.arg(0, "xs")).items)
     if not all(isinstance(x, TV) for x in inputs) or len(inputs) != len(info.summary.inputs):
         raise RuleError("folded_block inputs do not match the block summary")
-    site = FoldSite(info.summary, paths[ctx.node.name], info.spec, info.leaves)
-    ctx.node.meta[FOLD_KEY] = site
-    return _instantiate(ctx, site, inputs)
-
-
-# -- rewrite --------------------------------------------------------------------------------
-def _instance_module(summary: BlockSummary, inst: nn.Module) -> fx.GraphModule:
-    """The block graph over one instance's (already pruned) tensors."""
-    root = nn.Module()
-    graph = fx.Graph()
-    out = graph.graph_copy(summary.gm.graph, {})
-    graph.output(out).meta = dict(summary.gm.graph.output_node().meta)
-    graph._codegen = summary.gm.graph._codegen  # pytree in/out specs: read-only
-    for n in list(graph.nodes):  # the export's guards check the example's channel sizes
-        if n.op == "call_module" and not n.users and type(summary.gm.get_submodule(n.target)).__name__ == "GuardsFn":
-            graph.erase_node(n)
-    for target, *_rest in summary.params:
-        owner = inst if _rest[-1] else summary.gm
-        plant(root, target, attrgetter(target)(owner))
-    for n in graph.nodes:
-        if n.op == "call_module" and not _has(root, n.target):
-            root.add_module(n.target, summary.gm.get_submodule(n.target))
-        elif n.op == "get_attr" and not _has(root, n.target):
-            value = attrgetter(n.target)(summary.gm)
-            if isinstance(value, fx.GraphModule):
-                root.add_module(n.target, value)
-            else:
-                plant(root, n.target, value)
-    gm = fx.GraphModule(root, graph, type(inst).__name__)
-    return gm
-
-
-def plant(root: nn.Module, name: str, t: torch.Tensor) -> None:
-    """Register ``t`` under the dotted ``name``, creating plain modules on the way."""
-    *prefix, leaf = name.split(".")
-    owner = root
-    for part in prefix:
-        sub = owner._modules.get(part)
-        if sub is None:
-            sub = nn.Module()
-            owner.add_module(part, sub)
-        owner = sub
-    if isinstance(t, nn.Parameter):
-        owner.register_parameter(leaf, t)
-    else:
-        owner.register_buffer(leaf, t)
-
-
-def _has(root: nn.Module, target: str) -> bool:
-    try:
-        attrgetter(target)(root)
-        return True
-    except AttributeError:
-        return False
-
-
-def tensor_leaves(out: Any) -> list:
-    """The tensors of a block's output, in pytree order: what ``folded_block`` returned."""
-    return [x for x in tree_leaves(out) if isinstance(x, torch.Tensor)]
-
-
-def expand_folded(new: fx.GraphModule, sites: dict, keep: dict, rewrite: Callable) -> None:
-    """Replace every ``folded_block`` node of the rewritten ``new`` by a call of its pruned block."""
-    done: dict = {}
-    for node in list(new.graph.nodes):
-        site = sites.get(node.name)
-        if site is None:
-            continue
-        if site.path not in done:
-            atoms = site.resolve()
-            keep_b = {b: flat_indices(lay, keep) for b, lay in atoms.items() if touches(lay, keep)}
-            block = _instance_module(site.summary, new.get_submodule(site.path))
-            pruned = rewrite(block, keep_b, tensors=False)
-            parent, _, name = site.path.rpartition(".")
-            setattr(new.get_submodule(parent) if parent else new, name, pruned)
-            done[site.path] = pruned
-        xs = iter(node.args[0])
-        leaves = [next(xs) if isinstance(leaf, TensorSlot) else leaf for leaf in site.leaves]
-        args, kwargs = tree_unflatten(leaves, site.spec)
-        with new.graph.inserting_before(node):
-            call = new.graph.call_module(site.path, tuple(args), dict(kwargs))
-            flat = new.graph.call_function(tensor_leaves, (call,))
-        node.replace_all_uses_with(flat)
-        new.graph.erase_node(node)
-    for attr in ("_fxprune_folds", "_fxprune_fold_paths"):  # capture bookkeeping: the result has no folds
-        new.__dict__.pop(attr, None)
+    return _instantiate(ctx, info, path, inputs)

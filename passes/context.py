@@ -7,7 +7,7 @@ from typing import Any, Optional
 import torch
 import torch.fx as fx
 
-from .axes import UNIT, AxisTable, Layout
+from .axes import UNIT, AxisTable, RawLayout
 
 __all__ = ["TV", "IV", "SV", "OV", "RuleContext", "MISSING", "RuleError"]
 
@@ -42,7 +42,7 @@ class IV:
     """
 
     value: Any
-    read: Optional[Layout] = None
+    read: Optional[RawLayout] = None
     literal: bool = False
     deps: Optional[tuple] = None
 
@@ -82,10 +82,11 @@ class RuleContext:
     node: fx.Node
     out: Any  # the meta (or real) output of the node
     module: Optional[torch.nn.Module] = None
-    edits: list = field(default_factory=list)
-    attrs: list = field(default_factory=list)
+    edits: list = field(default_factory=list)  # (path, tuple of raw layouts, kind, value)
+    attrs: list = field(default_factory=list)  # (name, tuple of raw layouts, many)
     retarget: Any = None
-    size_read: Optional[Layout] = None
+    size_read: Optional[RawLayout] = None
+    fold: Any = None  # a folded block's call site: (FoldInfo, path, {block atom: axis}); see passes/blocks.py
 
     # -- arguments -----------------------------------------------------------
     @property
@@ -139,10 +140,10 @@ class RuleContext:
         return d % ndim if ndim else 0
 
     # -- axes ------------------------------------------------------------------
-    def unify(self, l1: Layout, l2: Layout) -> bool:
+    def unify(self, l1: RawLayout, l2: RawLayout) -> bool:
         return self.axes.unify(l1, l2, f"incompatible layouts at {self.where}")
 
-    def pin(self, layout: Layout, reason: Optional[str] = None) -> None:
+    def pin(self, layout: RawLayout, reason: Optional[str] = None) -> None:
         self.axes.pin(layout, reason or f"pinned by {self.where}")
 
     def pin_value(self, val: Any, reason: str) -> None:
@@ -150,14 +151,14 @@ class RuleContext:
             for d in tv.dims:
                 self.axes.pin(d, reason)
 
-    def computed(self, size: int) -> Layout:
+    def computed(self, size: int) -> RawLayout:
         """A dimension the op computes (spatial output, pooled length): never pruned."""
         return self.axes.fresh(size, pinned=f"computed by {self.where}", dynamic=True)
 
-    def fresh(self, size: int) -> Layout:
+    def fresh(self, size: int) -> RawLayout:
         return self.axes.fresh(size)
 
-    def mixing(self, layout: Layout, what: str) -> None:
+    def mixing(self, layout: RawLayout, what: str) -> None:
         self.axes.mark_mixing(layout, f"{what} at {self.where}")
 
     def contract(self, tv: TV, d: int) -> None:
@@ -195,12 +196,37 @@ class RuleContext:
 
     # -- rewrite instructions ----------------------------------------------------
     def edit(self, path: tuple, layouts: Any, kind: str = "size", value: Any = None) -> None:
-        """Tie the argument at ``path`` to ``layouts``; kind "constant" sets it to ``value``
-        where the layouts are pruned (e.g. an attention scale that must not change)."""
-        self.edits.append((path, layouts, kind, value))
+        """Tie the argument at ``path`` to one raw layout, or to a *list* of them (kinds "sizes",
+        "stop", "slice"; see ``ArgEdit``); kind "constant" sets it to ``value`` where the
+        layout is pruned (e.g. an attention scale that must not change)."""
+        if (kind in ("sizes", "stop", "slice")) != isinstance(layouts, list):
+            raise TypeError(f"edit kind {kind!r} takes {'a list of' if kind in ('sizes', 'stop', 'slice') else 'one'} "
+                            "raw layout(s)")
+        self.edits.append((path, _several(layouts), kind, value))
 
     def set_attr(self, name: str, layouts: Any) -> None:
-        self.attrs.append((name, layouts))
+        """Recompute module attribute ``name``: one raw layout (an int attribute) or a *list*
+        of them (a sequence attribute such as ``normalized_shape``)."""
+        self.attrs.append((name, _several(layouts), isinstance(layouts, list)))
+
+    def clear_instructions(self) -> None:
+        """Forget every rewrite instruction (the node is pinned instead)."""
+        self.edits.clear(), self.attrs.clear()
+        self.retarget = self.size_read = self.fold = None
+
+    def instruction_layouts(self):
+        """Every raw layout a rewrite instruction of this node depends on."""
+        for _, layouts, _, _ in self.edits:
+            yield from layouts
+        for _, layouts, _ in self.attrs:
+            yield from layouts
+        if self.size_read is not None:
+            yield self.size_read
+
+
+def _several(layouts: Any) -> tuple:
+    """Rules pass one raw layout (a tuple) or a list of them."""
+    return tuple(layouts) if isinstance(layouts, list) else (layouts,)
 
 
 def iter_tensors(val: Any):

@@ -25,7 +25,8 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from .analysis import AnalysisResult, analyze_graph
-from .meta import META_KEY, MissingAnalysisError
+from .errors import MissingAnalysisError
+from .meta import META_KEY
 from .rewrite import rewrite_graph
 
 __all__ = ["ChannelAnalysisPass", "PruneRewritePass", "keep_leading", "analysis_of"]
@@ -68,13 +69,9 @@ class PruneRewritePass(PassBase):
         analysis_of(graph_module)
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
+        """The plan's keep map, validated (``InvalidKeepError``, passes/validate.py), then the rewrite."""
         result = analysis_of(graph_module)
         keep = self.plan(result) if callable(self.plan) else self.plan
-        unknown = set(keep) - set(result.groups)
-        if unknown:
-            raise ValueError(f"the plan names atoms {sorted(unknown)[:5]} that are not groups of this graph "
-                             f"(groups: {result.groups[:10]}...)")
-        keep = {a: torch.as_tensor(k, dtype=torch.long) for a, k in keep.items()}
         return PassResult(rewrite_graph(graph_module, keep), True)
 
 
@@ -84,7 +81,7 @@ def keep_leading(ratio: float) -> Callable[[AnalysisResult], dict]:
         raise ValueError(f"ratio must be in [0, 1), got {ratio}")
 
     def plan(result: AnalysisResult) -> dict:
-        sizes = {a: result.axes.size(a) for a in result.groups}
+        sizes = {a: result.axes.size(a) for a in result.group_atoms}
         return {a: torch.arange(max(1, n - math.floor(n * ratio))) for a, n in sizes.items()}
 
     return plan

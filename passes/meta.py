@@ -11,20 +11,25 @@ from typing import Any, Callable, Optional
 
 import torch.fx as fx
 
-from .axes import DimLayout
+from .errors import MissingAnalysisError
+from .layout import Layout
 
 __all__ = [
     "META_KEY",
     "TensorLayout",
     "ParamUse",
     "ArgEdit",
+    "AttrEdit",
     "ChannelMeta",
     "SizeRead",
     "get_channel_meta",
     "MissingAnalysisError",
+    "PRODUCES",
+    "CONSUMES",
 ]
 
 META_KEY = "fxprune"
+PRODUCES, CONSUMES = "produces", "consumes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +37,7 @@ class TensorLayout:
     """The resolved layout of every dimension of one tensor value."""
 
     shape: tuple
-    dims: tuple  # tuple[DimLayout, ...]
+    dims: tuple  # tuple[Layout, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +50,17 @@ class ParamUse:
     """
 
     target: str
-    dims: tuple  # tuple[DimLayout, ...]
+    dims: tuple  # tuple[Layout, ...]
     consumer_dims: frozenset = frozenset()
+
+    def role(self, dim: int) -> str:
+        """``"consumes"`` where dim ``dim`` is contracted against an activation that carries its
+        coordinates (conv in-channels, linear columns), else ``"produces"`` (out-channels, rows,
+        biases, norm parameters: removing a coordinate removes what it produces)."""
+        return CONSUMES if dim in self.consumer_dims else PRODUCES
+
+
+_EDIT_ARITY = {"size": 1, "constant": 1, "slice": 2}  # "sizes" and "stop": any number
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,22 +68,51 @@ class ArgEdit:
     """A size literal the rewrite recomputes.
 
     ``path`` indexes into ``(node.args, node.kwargs)``: ``("args", 1, 2)`` is
-    the third element of the second positional argument. ``layouts`` is one
-    DimLayout (the new value is its new size) or a tuple of them (a list of
-    sizes, or a slice's (before, inside) layouts).
+    the third element of the second positional argument. ``layouts`` is
+    always a tuple of Layouts; ``kind`` says what the argument becomes:
+
+    * ``"size"``: the new size of the one layout;
+    * ``"sizes"``: the list of the new sizes of each layout;
+    * ``"stop"``: an end offset, the sum of the new sizes;
+    * ``"slice"``: a slice over (before, inside) layouts;
+    * ``"constant"``: ``value``, where the one layout is pruned.
     """
 
     path: tuple
-    layouts: Any
-    kind: str = "size"  # "size" | "sizes" | "slice" | "constant"
-    value: Any = None  # for "constant": what the argument becomes where the layouts are pruned
+    layouts: tuple  # tuple[Layout, ...]
+    kind: str = "size"
+    value: Any = None
+
+    def __post_init__(self) -> None:
+        n = _EDIT_ARITY.get(self.kind)
+        if self.kind not in ("sizes", "stop") and n is None:
+            raise ValueError(f"unknown ArgEdit kind {self.kind!r}")
+        if n is not None and len(self.layouts) != n:
+            raise ValueError(f"an ArgEdit of kind {self.kind!r} holds {n} layout(s), got {len(self.layouts)}")
+
+
+@dataclass(frozen=True, slots=True)
+class AttrEdit:
+    """A module attribute the rewrite recomputes from the new sizes of ``layouts``.
+
+    ``many`` says the attribute is a sequence of sizes (``normalized_shape``);
+    otherwise ``layouts`` holds one layout and the attribute is its new size.
+    """
+
+    name: str
+    layouts: tuple  # tuple[Layout, ...]
+    many: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.many and len(self.layouts) != 1:
+            raise ValueError(f"attribute {self.name!r}: a single size needs one layout, got {len(self.layouts)}")
 
 
 @dataclass(frozen=True, slots=True)
 class SizeRead:
     """A size read at run time (``x.shape[1]``): the dimension and its original value."""
 
-    layout: DimLayout
+    layout: Layout
     value: int
 
 
@@ -79,26 +122,24 @@ class ChannelMeta:
 
     ``value`` (the TensorLayout of the output, a tuple of them, or None for
     Python values) is resolved on first access; ``produces_tensor`` says
-    whether there is one without resolving it.
+    whether there is one without resolving it. ``fold`` is set on a folded
+    block's call site (``passes.blocks.FoldSite``, Note [Folded blocks]).
     """
 
     rule: str
     produces_tensor: bool = False
     params: tuple = ()  # tuple[ParamUse, ...]
     arg_edits: tuple = ()  # tuple[ArgEdit, ...]
-    attr_edits: tuple = ()  # tuple[(attr name, DimLayout | tuple[DimLayout]), ...]
+    attr_edits: tuple = ()  # tuple[AttrEdit, ...]
     retarget: Optional[Any] = None
     size_read: Optional[SizeRead] = None
+    fold: Optional[Any] = None
     notes: tuple = field(default=())
     resolver: Optional[Callable[[], Any]] = field(default=None, repr=False, compare=False)
 
     @cached_property
     def value(self) -> Any:
         return None if self.resolver is None else self.resolver()
-
-
-class MissingAnalysisError(RuntimeError):
-    pass
 
 
 def get_channel_meta(node: fx.Node) -> ChannelMeta:
@@ -108,6 +149,6 @@ def get_channel_meta(node: fx.Node) -> ChannelMeta:
     except KeyError:
         raise MissingAnalysisError(
             f"node {node.format_node()} has no '{META_KEY}' metadata: run the channel "
-            "analysis pass (fxprune.passes.ChannelAnalysis or fxprune.analyze) on this "
-            "exact graph before the rewrite pass"
+            "analysis pass (fxprune.passes.analyze_graph, fxprune.passes.infra.ChannelAnalysisPass "
+            "or fxprune.analyze) on this exact graph before the rewrite pass"
         ) from None

@@ -91,7 +91,7 @@ def test_matmul_with_weight_parameter(fn):
     if fn == "bmm":  # the expanded weight is a computed operand: the contraction is marked mixing
         assert hidden.mixing is not None
     else:
-        assert dg._params["w"].consumer_dims == frozenset({0}) and hidden.mixing is None
+        assert dg.param_use("w").consumer_dims == frozenset({0}) and hidden.mixing is None
     assert ("out.weight", 1) in group_with(dg, "w", 1).members
     assert pruned.w.shape[0] < 8
 

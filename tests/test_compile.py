@@ -61,7 +61,7 @@ def test_pass_manager_pipeline(cls, inputs):
     analysed = ChannelAnalysisPass(inputs)(gm)
     assert analysed.modified is False and analysed.graph_module is gm
     assert all(META_KEY in n.meta for n in gm.graph.nodes)
-    assert analysis_of(gm).groups
+    assert analysis_of(gm).group_atoms
     result = PassManager([ChannelAnalysisPass(inputs), PruneRewritePass(keep_leading(0.5))])(fx.symbolic_trace(model))
     assert result.modified
     pruned = result.graph_module

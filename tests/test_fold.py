@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 import fxprune
+from fxprune.passes import fold_registry
 
 sys.path.insert(0, os.path.dirname(__file__))
 from zoo import import_torchvision  # noqa: E402
@@ -58,7 +59,7 @@ def test_llama_same_groups_one_block_captured():
     folded, plain = fxprune.analyze(m, (), LLAMA_KW, fold=True), fxprune.analyze(m, (), LLAMA_KW)
     assert signature(folded) == signature(plain)
     assert "3 repeated blocks folded: 1 distinct" in folded.front_end, folded.front_end
-    assert len(folded_ops(folded)) == 3 and len(folded.gm._fxprune_folds) == 1
+    assert len(folded_ops(folded)) == 3 and len(fold_registry(folded.gm).blocks) == 1
     # the block's own nodes are not in the top-level graph
     assert len(folded.gm.graph.nodes) < len(plain.gm.graph.nodes) / 2
 
@@ -126,7 +127,7 @@ def test_hf_families_folded(name):
     assert rep.passed and 0 < rep.permutation_error < 1e-9 and rep.removal_error < 1e-9, str(rep)
     dg = fxprune.analyze(m, (), kw, fold=True)
     assert "folded" in dg.front_end and "not folded" not in dg.front_end, dg.front_end
-    assert len(dg.gm._fxprune_folds) == (2 if name == "t5" else 1)
+    assert len(fold_registry(dg.gm).blocks) == (2 if name == "t5" else 1)
 
 
 # -- what must not fold ------------------------------------------------------------------------

@@ -7,7 +7,9 @@ in a shallow copy of the model, by stubs that call the opaque op
 ``fxprune::folded_block``. The top level is exported once with those stubs, each
 distinct block is exported once on its own, and the analysis instantiates the
 block's summary at every call site (Note [Folded blocks] in
-``fxprune/passes/fold.py``). Capture and analysis then cost one block, not N.
+``passes/blocks.py``). Capture and analysis then cost one block, not N. The
+summaries and the block path of every call site are frozen metadata:
+``gm.meta[fxprune.passes.FOLDS_KEY]``, a ``FoldRegistry``.
 
 Both exports use static shapes: the pruned ``GraphModule`` runs at the example's
 sizes. ``apply(..., inplace=True)`` keeps the model's own code, which runs at
@@ -22,8 +24,9 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from fxprune.passes.analysis import meta_clone
-from fxprune.passes.blocks import TENSOR, FoldInfo, register_outputs, summarize
+from fxprune.passes import FOLDS_KEY, FoldRegistry, meta_clone
+from fxprune.passes.blocks import register_outputs, summarize
+from fxprune.passes.folds import TENSOR, FoldInfo
 
 from .frontends import Captured, _from_exported
 from ..errors import CaptureError
@@ -203,8 +206,8 @@ def capture_folded(model: nn.Module, args: tuple, kwargs: Optional[dict]) -> Cap
     folds = folder.summaries()
     for path in dict.fromkeys(p for p, _ in folder.calls):
         gm.add_submodule(path, model.get_submodule(path))
-    gm._fxprune_folds = folds
-    gm._fxprune_fold_paths = {n.name: path for n, (path, _) in zip(sites, folder.calls)}
+    gm.meta[FOLDS_KEY] = FoldRegistry(tuple(folds.items()),
+                                      tuple((n.name, path) for n, (path, _) in zip(sites, folder.calls)))
     n_blocks = len({p for p, _ in folder.calls})
     cap.front_end = (f"torch.export (non-strict, static shapes), {n_blocks} repeated blocks folded: "
                      f"{len(folds)} distinct block(s) captured once")

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from torch.utils._pytree import tree_flatten, tree_map
 
-from fxprune.passes.blocks import plant
+from fxprune.passes.rewrite import plant
 
 from ..errors import CaptureError
 

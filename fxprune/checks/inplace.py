@@ -88,7 +88,7 @@ def _restore(saved: list) -> None:
 def _swap_tensors(model: nn.Module, dg, pruned: fx.GraphModule) -> tuple:
     """Swap pruned data into the model's tensors; return the touched modules and the old sizes."""
     touched, old_sizes = set(), set()
-    for target in dg._params:
+    for target in dg.param_names:
         owner, name = _owner(model, target)
         old = getattr(owner, name)
         new = getattr(*_owner(pruned, target))

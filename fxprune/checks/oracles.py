@@ -19,7 +19,7 @@ from tabulate import tabulate
 from torch.fx.node import map_aggregate
 from torch.utils._pytree import tree_flatten, tree_map
 
-from fxprune.passes import flat_indices, get_channel_meta, rewrite_graph, runnable
+from fxprune.passes import fold_registry, get_channel_meta, rewrite_graph, runnable
 
 from ..api import analyze
 from ..errors import OracleMismatchError
@@ -98,7 +98,7 @@ def _zero_removed_consumers(gm: nn.Module, keep: dict) -> None:
             if t is None:
                 continue
             for d in use.consumer_dims:
-                kept = flat_indices(use.dims[d], keep)
+                kept = use.dims[d].flat_indices(keep)
                 mask = torch.ones(t.shape[d], dtype=torch.bool)
                 mask[kept] = False
                 t.index_fill_(d, mask.nonzero().flatten(), 0.0)
@@ -132,10 +132,10 @@ def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = No
                       else (example_inputs,))
     kwargs = tree_map(_double, dict(example_kwargs or {}))
     dg = analyze(model64, inputs, kwargs, leaf_modules=leaf_modules, fold=fold)
-    folds = getattr(dg.gm, "_fxprune_folds", {})
-    if folds:
+    folds = fold_registry(dg.gm)
+    if folds is not None:
         _check_folded_capture(model64, dg.gm, inputs, kwargs)
-    for gm in (dg.gm, *(f.summary.gm for f in folds.values())):
+    for gm in (dg.gm, *(info.summary.gm for _, info in (folds.blocks if folds else ()))):
         _promote_float32_casts(gm)
     inputs = tuple(x for i, x in enumerate(inputs) if i not in set(dg.lifted))  # now graph attributes
     gen = torch.Generator().manual_seed(seed)

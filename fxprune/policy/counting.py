@@ -15,7 +15,7 @@ import torch.nn as nn
 from tabulate import tabulate
 from torch.utils.flop_counter import FlopCounterMode
 
-from fxprune.passes import new_size, runnable
+from fxprune.passes import runnable
 
 from ..graph import DependencyGraph
 
@@ -140,11 +140,11 @@ def group_table(dg: DependencyGraph, keep: dict | None = None, example_inputs=No
     rows = []
     for g in dg.groups:
         before = after = 0
-        for target, d in g.members:
-            t = params.get(target)
+        for m in g.layouts:
+            t = params.get(m.param)
             if t is not None:
                 before += t.numel()
-                after += t.numel() // t.shape[d] * new_size(dg._params[target].dims[d], _only(keep, g.atom))
+                after += t.numel() // t.shape[m.dim] * m.layout.new_size(_only(keep, g.atom))
         kept = len(keep[g.atom]) if g.atom in keep else g.size
         row = [g.name, g.size, kept, before, after]
         if flops is not None:

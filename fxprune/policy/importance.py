@@ -3,7 +3,7 @@
 Note [Scores of product and concat layouts]
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
 A member dimension's layout may be a product (heads x head_dim, C x H*W after a
-flatten) or a concatenation (DenseNet). :func:`coordinate_map` gives, for every
+flatten) or a concatenation (DenseNet). ``Layout.coordinate_map`` gives, for every
 flat index of the dimension, the coordinate of the group atom it belongs to.
 A criterion computes a statistic per element, sums it over the slice of each
 flat index, then sums the flat indices of each coordinate. So a head's score
@@ -23,61 +23,26 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn as nn
 
-from fxprune.passes import Atom
+from fxprune.passes import CONSUMES
 
-from ..graph import DependencyGraph, Group
+from ..graph import DependencyGraph, Group, MemberLayout
 
 __all__ = [
-    "coordinate_map", "magnitude", "keep_top", "Criterion", "Elementwise", "Magnitude", "BNScale",
+    "magnitude", "keep_top", "Criterion", "Elementwise", "Magnitude", "BNScale",
     "Taylor", "Hessian", "FPGM", "Random", "normalize", "register_importance", "get_importance",
     "importance_names",
 ]
-
-
-def _factor_size(f) -> int:
-    if isinstance(f, Atom):
-        return f.size
-    return sum(_seg_size(s) for s in f)
-
-
-def _seg_size(seg) -> int:
-    n = 1
-    for f in seg:
-        n *= _factor_size(f)
-    return n
-
-
-def coordinate_map(layout, atom: int) -> torch.Tensor:
-    """For each flat index of a dimension, the coordinate of ``atom`` it belongs to (-1: none)."""
-    pieces = []
-    for seg in layout:
-        total = _seg_size(seg)
-        idx, stride = torch.arange(total), total
-        coord = torch.full((total,), -1, dtype=torch.long)
-        for f in seg:
-            size = _factor_size(f)
-            stride //= size
-            local = (idx // stride) % size
-            if isinstance(f, Atom):
-                if f.id == atom:
-                    coord = local
-            else:
-                sub = coordinate_map(f, atom)
-                if (sub >= 0).any():
-                    coord = sub[local]
-        pieces.append(coord)
-    return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
 
 
 @torch.no_grad()
 def magnitude(dg: DependencyGraph, group: Group, p: float = 2.0) -> torch.Tensor:
     """The L-p norm of every coordinate of ``group`` over all its member slices."""
     scores = torch.zeros(group.size, dtype=torch.float64)
-    for target, d in group.members:
-        t = attrgetter(target)(dg.gm)
+    for m in group.layouts:
+        t = attrgetter(m.param)(dg.gm)
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             continue
-        scores.index_add_(0, *_to_coords(t.detach().double().abs().pow(p), d, dg, target, group))
+        scores.index_add_(0, *_to_coords(t.detach().double().abs().pow(p), m, group))
     return scores.pow(1.0 / p)
 
 
@@ -92,10 +57,10 @@ def keep_top(dg: DependencyGraph, ratio: float, p: float = 2.0) -> dict:
     return keep
 
 
-def _to_coords(elem: torch.Tensor, d: int, dg: DependencyGraph, target: str, group: Group):
-    """(coords, per-flat-index sums) of ``elem`` along dim ``d``, for ``index_add_``."""
-    coords = coordinate_map(dg._params[target].dims[d], group.atom)
-    flat = elem.transpose(0, d).reshape(elem.shape[d], -1).sum(1)
+def _to_coords(elem: torch.Tensor, m: MemberLayout, group: Group):
+    """(coords, per-flat-index sums) of ``elem`` along the member's dim, for ``index_add_``."""
+    coords = m.layout.coordinate_map(group.atom)
+    flat = elem.transpose(0, m.dim).reshape(elem.shape[m.dim], -1).sum(1)
     mask = coords >= 0
     return coords[mask], flat[mask]
 
@@ -185,17 +150,17 @@ class Elementwise(Criterion):
     def score(self, dg, group, stats):
         params = dict(dg.gm.named_parameters())
         per_member = []
-        for target, d in group.members:
-            w = params.get(target)
-            if w is None or not w.is_floating_point() or not self.counts(dg, target):
+        for m in group.layouts:
+            w = params.get(m.param)
+            if w is None or not w.is_floating_point() or not self.counts(dg, m.param):
                 continue
-            st = (stats or {}).get(target, {})
+            st = (stats or {}).get(m.param, {})
             grad, fisher = (st.get(k) for k in ("grad", "fisher"))
             if (self.needs_data and grad is None) or (self.needs_fisher and fisher is None):
                 continue
             elem = self.element(w.detach().double(), _d(grad), _d(fisher))
             s = torch.zeros(group.size, dtype=torch.float64)
-            per_member.append(s.index_add_(0, *_to_coords(elem, d, dg, target, group)))
+            per_member.append(s.index_add_(0, *_to_coords(elem, m, group)))
         if not per_member:
             return None
         return normalize(_REDUCTIONS[self.reduction](torch.stack(per_member)), self.normalizer)
@@ -259,19 +224,18 @@ class Taylor(Elementwise):
     @torch.no_grad()
     def score(self, dg, group, stats):
         params = dict(dg.gm.named_parameters())
-        members = [(t, d) for t, d in group.members if t in params and self.counts(dg, t)
-                   and "batch_grads" in stats.get(t, {})]
-        consumers = [(t, d) for t, d in members if d in dg._params[t].consumer_dims]
-        members = consumers or members
+        members = [m for m in group.layouts if m.param in params and self.counts(dg, m.param)
+                   and "batch_grads" in stats.get(m.param, {})]
+        members = [m for m in members if m.role == CONSUMES] or members
         if self.elementwise or not members:
             return super().score(dg, group, stats)
-        n = len(stats[members[0][0]]["batch_grads"])
+        n = len(stats[members[0].param]["batch_grads"])
         total = torch.zeros(group.size, dtype=torch.float64)
         for b in range(n):
             delta = torch.zeros(group.size, dtype=torch.float64)
-            for t, d in members:
-                prod = params[t].detach().double() * stats[t]["batch_grads"][b].double()
-                delta.index_add_(0, *_to_coords(prod, d, dg, t, group))
+            for m in members:
+                prod = params[m.param].detach().double() * stats[m.param]["batch_grads"][b].double()
+                delta.index_add_(0, *_to_coords(prod, m, group))
             total += delta.pow(2)
         return normalize(total / n, self.normalizer)
 
@@ -301,20 +265,20 @@ class FPGM(Criterion):
     def score(self, dg, group, stats):
         params = dict(dg.gm.named_parameters())
         feats = []
-        for target, d in group.members:
-            w = params.get(target)
+        for m in group.layouts:
+            w = params.get(m.param)
             if w is None or w.dim() < 2 or not w.is_floating_point():
                 continue
-            feats.append(_coord_features(w.detach().double(), d, dg, target, group))
+            feats.append(_coord_features(w.detach().double(), m, group))
         if not feats:
             return None
         x = torch.cat(feats, 1)
         return normalize(torch.cdist(x, x).sum(1), self.normalizer)
 
 
-def _coord_features(w, d, dg, target, group) -> torch.Tensor:
-    coords = coordinate_map(dg._params[target].dims[d], group.atom)
-    rows = w.transpose(0, d).reshape(w.shape[d], -1)
+def _coord_features(w, m: MemberLayout, group) -> torch.Tensor:
+    coords = m.layout.coordinate_map(group.atom)
+    rows = w.transpose(0, m.dim).reshape(w.shape[m.dim], -1)
     mask = coords >= 0
     order = torch.argsort(coords[mask], stable=True)
     picked = rows[mask][order]

@@ -30,8 +30,6 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from fxprune.passes import Atom
-
 from ..graph import DependencyGraph, Group
 
 __all__ = ["ignored_groups", "factor_roles", "group_ratios", "n_keep", "select_local", "select_global"]
@@ -68,7 +66,7 @@ def _matcher(dg: DependencyGraph, entry, params: dict):
 def ignored_groups(dg: DependencyGraph, ignore: Iterable) -> set:
     """Indices of the groups an ``ignore`` list excludes (see Note [Ignore semantics])."""
     params = dict(dg.gm.named_parameters())
-    targets = set(dg._params) | set(params)
+    targets = set(dg.param_names) | set(params)
     out = set()
     for entry in ignore:
         match = _matcher(dg, entry, params)
@@ -83,20 +81,12 @@ def ignored_groups(dg: DependencyGraph, ignore: Iterable) -> set:
 def factor_roles(dg: DependencyGraph, group: Group) -> set:
     """``{"outer", "inner"}`` subset: where ``group`` sits in products of groups among its members."""
     roles = set()
-    for target, d in group.members:
-        for seg in _segments(dg._params[target].dims[d]):
-            ids = [f.id for f in seg if isinstance(f, Atom) and f.id in dg._names]
+    for m in group.layouts:
+        for product in m.layout.products():
+            ids = [a.id for a in product if dg.group_of(a.id) is not None]
             if len(ids) > 1 and group.atom in ids:
                 roles.add("outer" if ids[0] == group.atom else "inner")
     return roles
-
-
-def _segments(layout):
-    for seg in layout:
-        yield tuple(f for f in seg if isinstance(f, Atom))
-        for f in seg:
-            if not isinstance(f, Atom):
-                yield from _segments(f)
 
 
 def _factor_ok(roles: set, factors: str) -> bool:
@@ -110,7 +100,7 @@ def group_ratios(dg: DependencyGraph, cfg, ratio: float) -> dict:
     skip = ignored_groups(dg, cfg.ignore)
     overrides = sorted(cfg.ratios.items(), key=lambda kv: -len(kv[0]))
     for name, _ in overrides:
-        if not any(_name_matches(name, t) for t in dg._params):
+        if not any(_name_matches(name, t) for t in dg.param_names):
             raise ValueError(f"ratios key {name!r} matches no parameter of {dg.source_name}; "
                              "use a module name from model.named_modules()")
     out = {}
@@ -124,8 +114,7 @@ def group_ratios(dg: DependencyGraph, cfg, ratio: float) -> dict:
 
 def _producers(dg: DependencyGraph, g: Group) -> list:
     """Parameters that carry ``g`` in a dim not contracted against it (its producers), else all."""
-    own = [t for t, d in g.members if d not in dg._params[t].consumer_dims]
-    return own or [t for t, _ in g.members]
+    return [m.param for m in g.producers] or [t for t, _ in g.members]
 
 
 def n_keep(size: int, ratio: float, cfg) -> int:

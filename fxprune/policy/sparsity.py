@@ -4,7 +4,7 @@ Note [Group regularizer]
 ~~~~~~~~~~~~~~~~~~~~~~~~
 For every group g and coordinate k, ``I[g, k]`` is the L2 norm of everything
 coordinate k owns: the slices of all member parameters (every dimension of a
-product/concat layout that maps to k, see ``coordinate_map``). The loss is
+product/concat layout that maps to k, see ``Layout.coordinate_map``). The loss is
 
     strength * sum_g sum_k gamma[g, k] * I[g, k],
     gamma[g, k] = alpha ** ((max_k I - I[g, k]) / (max_k I - min_k I))
@@ -21,7 +21,6 @@ import torch
 import torch.nn as nn
 
 from ..api import analyze
-from .importance import coordinate_map
 from .selection import ignored_groups
 
 __all__ = ["GroupSparsity"]
@@ -61,7 +60,7 @@ class GroupSparsity(nn.Module):
         for g in dg.groups:
             if g.index in skip:
                 continue
-            members = [(t, d, coordinate_map(dg._params[t].dims[d], g.atom)) for t, d in g.members if t in params]
+            members = [(m.param, m.dim, m.layout.coordinate_map(g.atom)) for m in g.layouts if m.param in params]
             if members:
                 self._groups.append((g.size, members))
         if not self._groups:

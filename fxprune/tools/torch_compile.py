@@ -51,8 +51,6 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from fxprune.passes import Atom
-
 from ..api import analyze, apply
 from ..errors import FxPruneError
 from ..policy.importance import BNScale, get_importance
@@ -193,7 +191,7 @@ def _resolve_ignore(dg, cfg: PruneConfig) -> PruneConfig:
     if not any(isinstance(e, nn.Module) or (isinstance(e, type) and issubclass(e, nn.Module))
                for e in cfg.ignore):
         return cfg
-    targets = list(dg._params)
+    targets = list(dg.param_names)
     out = []
     for entry in cfg.ignore:
         if isinstance(entry, type) and issubclass(entry, nn.Module):
@@ -262,8 +260,8 @@ class PruningBackend:
     def _member_keys(dg, group) -> frozenset:
         """``(id(tensor), dim, where the group sits in that dim's layout)`` for every member: a dim
         may carry several groups (a product ``heads x head_dim``, a concatenation)."""
-        return frozenset((id(attrgetter(t)(dg.gm)), d, _atom_paths(dg._params[t].dims[d], group.atom))
-                         for t, d in group.members)
+        return frozenset((id(attrgetter(m.param)(dg.gm)), m.dim, m.layout.positions(group.atom))
+                         for m in group.layouts)
 
     # -- decisions ------------------------------------------------------------------------
     def _decide(self, dg) -> dict:
@@ -338,19 +336,6 @@ class PruningBackend:
         self.timings.append({"prune_s": prune_s, "compile_s": compile_s, "replayed": replayed,
                              "groups": len(dg.groups), "pruned_groups": len(keep)})
         return _drop_positions(compiled, {i: weakref.ref(example_inputs[i]) for i in lifted})
-
-
-def _atom_paths(layout, atom: int, prefix: tuple = ()) -> tuple:
-    """Positions of ``atom`` in a layout (segments of factors, factors atoms or nested layouts)."""
-    out = []
-    for i, seg in enumerate(layout):
-        for j, f in enumerate(seg):
-            if isinstance(f, Atom):
-                if f.id == atom:
-                    out.append(prefix + (i, j))
-            else:
-                out.extend(_atom_paths(f, atom, prefix + (i, j)))
-    return tuple(out)
 
 
 def _set_tensor(gm: fx.GraphModule, name: str, t: torch.Tensor) -> None:
