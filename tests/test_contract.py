@@ -38,6 +38,17 @@ def test_attr_edits_say_whether_they_hold_one_layout_or_several():
     assert not linear["out_features"].many and linear["out_features"].layouts[0].size == 8
 
 
+def test_inplace_syncs_the_attributes_the_rewrite_recomputed():
+    model = mlp()
+    dg = fxprune.analyze(model, X)  # symbolic_trace: call_module nodes carry AttrEdits
+    keep = {g: [0, 2] for g in dg.groups}
+    graph = fxprune.apply(dg, keep)
+    assert fxprune.apply(dg, keep, inplace=True) is model
+    assert (model[0].out_features, model[2].in_features, model[3].normalized_shape) == (2, 2, (2,))
+    with torch.no_grad():
+        torch.testing.assert_close(model(*X), graph(*X))
+
+
 def test_instruction_records_refuse_the_wrong_number_of_layouts():
     one = Layout(((),))
     with pytest.raises(ValueError, match="holds 1 layout"):

@@ -102,8 +102,8 @@ def _swap_tensors(model: nn.Module, dg, pruned: fx.GraphModule) -> tuple:
 def _set_attrs(model: nn.Module, dg, pruned: fx.GraphModule, touched: set) -> None:
     for node in dg.gm.graph.nodes:  # attributes the graph rewrite recomputed (call_module nodes)
         if node.op == "call_module":
-            for name, _ in get_channel_meta(node).attr_edits:
-                owner_path, _, attr = f"{node.target}.{name}".rpartition(".")
+            for edit in get_channel_meta(node).attr_edits:
+                owner_path, _, attr = f"{node.target}.{edit.name}".rpartition(".")
                 setattr(model.get_submodule(owner_path), attr, getattr(pruned.get_submodule(owner_path), attr))
     for m in touched:  # modules the graph called through their parameters (torch.export)
         fn = _attr_fn(m)
