@@ -22,12 +22,36 @@ from .meta import META_KEY, ArgEdit, AttrEdit, ChannelMeta, ParamUse, SizeRead, 
 __all__ = ["finalize", "resolve_value"]
 
 
-def resolve_value(axes: AxisTable, val: Any) -> Any:
-    """A TensorLayout for a tensor value, a tuple of them for a tuple, else None."""
+class _Resolver:
+    """``AxisTable.resolve`` once per distinct raw layout: the analysis is over, the table is final."""
+
+    def __init__(self, axes: AxisTable):
+        self.axes, self.memo = axes, {}
+
+    def __call__(self, raw: tuple):
+        try:
+            lay = self.memo.get(raw)
+        except TypeError:  # a rule built a layout from lists: resolve it without the memo
+            return self.axes.resolve(raw)
+        if lay is None:
+            lay = self.memo[raw] = self.axes.resolve(raw)
+        return lay
+
+    def all(self, raws: tuple) -> tuple:
+        return tuple(self(raw) for raw in raws)
+
+
+def resolve_value(resolve: Any, val: Any) -> Any:
+    """A TensorLayout for a tensor value, a tuple of them for a tuple, else None.
+
+    ``resolve`` is an ``AxisTable`` or the finalize step's memoising resolver.
+    """
+    if isinstance(resolve, AxisTable):
+        resolve = _Resolver(resolve)
     if isinstance(val, TV):
-        return TensorLayout(val.shape, tuple(axes.resolve(d) for d in val.dims))
+        return TensorLayout(val.shape, resolve.all(val.dims))
     if isinstance(val, SV):
-        return tuple(resolve_value(axes, v) for v in val.items)
+        return tuple(resolve_value(resolve, v) for v in val.items)
     return None
 
 
@@ -37,33 +61,28 @@ def _has_tensor(val: Any) -> bool:
     return isinstance(val, SV) and any(_has_tensor(v) for v in val.items)
 
 
-def _resolve_all(axes: AxisTable, layouts: tuple) -> tuple:
-    return tuple(axes.resolve(layout) for layout in layouts)
-
-
-def _fold_site(axes: AxisTable, fold: tuple) -> FoldSite:
+def _fold_site(resolve: _Resolver, fold: tuple) -> FoldSite:
     info, path, amap = fold
-    return FoldSite(info, path, tuple((b, axes.resolve(((a,),))) for b, a in amap.items()))
+    return FoldSite(info, path, tuple((b, resolve(((a,),))) for b, a in amap.items()))
 
 
-def _node_meta(an, n: fx.Node) -> ChannelMeta:
-    axes, val = an.axes, an.values.get(n)
+def _node_meta(an, n: fx.Node, resolve: _Resolver) -> ChannelMeta:
+    val = an.values.get(n)
     params = tuple(
-        ParamUse(target, _resolve_all(axes, an.param_layouts[key]), frozenset(an.consumers.get(key, ())))
+        ParamUse(target, resolve.all(an.param_layouts[key]), frozenset(an.consumers.get(key, ())))
         for target, key in an.uses.get(n, ())
     )
-    common = dict(produces_tensor=_has_tensor(val), params=params,
-                  resolver=(lambda: resolve_value(axes, val)) if _has_tensor(val) else None)
+    common = dict(produces_tensor=_has_tensor(val), params=params, value=resolve_value(resolve, val))
     ctx = an.contexts.get(n)
     if ctx is None:
         return ChannelMeta(rule="unknown" if n.op.startswith("call") else n.op, **common)
     return ChannelMeta(
         rule=registry.rule_name(n, ctx.module),
-        arg_edits=tuple(ArgEdit(p, _resolve_all(axes, ls), k, v) for p, ls, k, v in ctx.edits),
-        attr_edits=tuple(AttrEdit(name, _resolve_all(axes, ls), many) for name, ls, many in ctx.attrs),
+        arg_edits=tuple(ArgEdit(p, resolve.all(ls), k, v) for p, ls, k, v in ctx.edits),
+        attr_edits=tuple(AttrEdit(name, resolve.all(ls), many) for name, ls, many in ctx.attrs),
         retarget=ctx.retarget,
-        size_read=None if ctx.size_read is None else SizeRead(axes.resolve(ctx.size_read), val.value),
-        fold=None if ctx.fold is None else _fold_site(axes, ctx.fold),
+        size_read=None if ctx.size_read is None else SizeRead(resolve(ctx.size_read), val.value),
+        fold=None if ctx.fold is None else _fold_site(resolve, ctx.fold),
         **common,
     )
 
@@ -76,8 +95,9 @@ def finalize(gm: fx.GraphModule, an) -> tuple:
     """
     members: dict = defaultdict(dict)  # atom -> {(target, dim): None}, insertion-ordered
     seen: set = set()
+    resolve = _Resolver(an.axes)
     for n in gm.graph.nodes:
-        meta = _node_meta(an, n)
+        meta = _node_meta(an, n, resolve)
         n.meta[META_KEY] = meta
         for use in meta.params:
             if use.target in seen:

@@ -6,8 +6,7 @@ Analysis and rewrite talk only through these frozen records, stored under
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch.fx as fx
 
@@ -118,12 +117,11 @@ class SizeRead:
 
 @dataclass(frozen=True)
 class ChannelMeta:
-    """Everything the rewrite needs to know about one node.
+    """Everything the rewrite needs to know about one node: plain frozen data.
 
-    ``value`` (the TensorLayout of the output, a tuple of them, or None for
-    Python values) is resolved on first access; ``produces_tensor`` says
-    whether there is one without resolving it. ``fold`` is set on a folded
-    block's call site (``passes.blocks.FoldSite``, Note [Folded blocks]).
+    ``value`` is the TensorLayout of the output, a tuple of them, or None for
+    Python values; ``produces_tensor`` says whether there is one. ``fold`` is
+    set on a folded block's call site (a ``FoldSite``, passes/folds.py).
     """
 
     rule: str
@@ -135,11 +133,7 @@ class ChannelMeta:
     size_read: Optional[SizeRead] = None
     fold: Optional[Any] = None
     notes: tuple = field(default=())
-    resolver: Optional[Callable[[], Any]] = field(default=None, repr=False, compare=False)
-
-    @cached_property
-    def value(self) -> Any:
-        return None if self.resolver is None else self.resolver()
+    value: Any = field(default=None, repr=False)
 
 
 def get_channel_meta(node: fx.Node) -> ChannelMeta:

@@ -38,6 +38,18 @@ def test_attr_edits_say_whether_they_hold_one_layout_or_several():
     assert not linear["out_features"].many and linear["out_features"].layouts[0].size == 8
 
 
+def test_node_metadata_is_plain_frozen_data():
+    result = analyze_graph(fx.symbolic_trace(mlp()), X)
+    for node in result.gm.graph.nodes:
+        meta = get_channel_meta(node)
+        fields = {f.name: getattr(meta, f.name) for f in dataclasses.fields(meta) if f.name != "retarget"}
+        assert not any(callable(v) for v in fields.values()), node  # retarget names an op: data
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            meta.value = None
+    out = get_channel_meta(next(n for n in result.gm.graph.nodes if n.target == "2")).value
+    assert out.shape == (3, 6) and [d.size for d in out.dims] == [3, 6] and isinstance(out.dims[1], Layout)
+
+
 def test_inplace_syncs_the_attributes_the_rewrite_recomputed():
     model = mlp()
     dg = fxprune.analyze(model, X)  # symbolic_trace: call_module nodes carry AttrEdits
