@@ -62,7 +62,18 @@ class Group:
 
     @cached_property
     def layouts(self) -> tuple:
-        """Every member dimension with its shape, layout and role (:class:`MemberLayout`)."""
+        """Every member dimension with its shape, layout and role (:class:`MemberLayout`).
+
+        Example::
+
+            >>> import torch, fxprune
+            >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+            >>> (g,) = fxprune.analyze(net, (torch.randn(1, 4),)).groups
+            >>> [(m.param, m.dim, m.role) for m in g.layouts]
+            [('0.weight', 0, 'produces'), ('0.bias', 0, 'produces'), ('2.weight', 1, 'consumes')]
+            >>> [m.param for m in g.consumers], str(g.consumers[0].layout)
+            (['2.weight'], '[8]')
+        """
         out = []
         for target, d in self.members:
             use = self.graph.param_use(target)
@@ -119,7 +130,16 @@ class DependencyGraph:
         return uses
 
     def param_use(self, name: str) -> ParamUse:
-        """How the graph reads tensor ``name``: the Layout of each dim and which dims are contracted."""
+        """How the graph reads tensor ``name``: the Layout of each dim and which dims are contracted.
+
+        Example::
+
+            >>> import torch, fxprune
+            >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+            >>> use = fxprune.analyze(net, (torch.randn(1, 4),)).param_use("2.weight")
+            >>> [lay.size for lay in use.dims], use.role(0), use.role(1)
+            ([2, 8], 'produces', 'consumes')
+        """
         try:
             return self._uses[name]
         except KeyError:

@@ -11,6 +11,14 @@ against the analysed graph before any tensor is indexed:
 Otherwise the rewrite would silently duplicate channels (a repeated index) or
 fail deep inside ``index_select``. Errors are :class:`InvalidKeepError`
 (a ``ValueError``) naming the atom or group and the fix.
+
+    >>> from fxprune.passes import Atom
+    >>> validate_keep({3: [2, 0]}, {3: Atom(3, 4)})
+    {3: tensor([2, 0])}
+    >>> validate_keep({3: [2, 2]}, {3: Atom(3, 4)})
+    Traceback (most recent call last):
+    ...
+    fxprune.passes.errors.InvalidKeepError: keep-indices for atom 3 repeat [2]; pass distinct integers in range(4) for atom 3, in the order to keep them
 """
 from __future__ import annotations
 
