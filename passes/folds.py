@@ -12,7 +12,7 @@ All records are frozen and hold no callables; the block graph inside a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch.fx as fx
@@ -90,12 +90,16 @@ class FoldRegistry(_Shared):
 
     blocks: tuple  # ((key, FoldInfo), ...)
     sites: tuple  # ((folded_block node name, block path), ...)
+    _index: dict = field(init=False, repr=False, compare=False)  # lookups in O(1) for deep models
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {"blocks": dict(self.blocks), "sites": dict(self.sites)})
 
     def info(self, key: int) -> Optional[FoldInfo]:
-        return next((info for k, info in self.blocks if k == key), None)
+        return self._index["blocks"].get(key)
 
     def path(self, node_name: str) -> Optional[str]:
-        return next((p for n, p in self.sites if n == node_name), None)
+        return self._index["sites"].get(node_name)
 
 
 @dataclass(frozen=True, eq=False)
