@@ -1,18 +1,23 @@
 """The public verbs: analyze and apply."""
 from __future__ import annotations
 
+import numbers
+import warnings
 from typing import Iterable, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
 
-from fxprune.passes import analyze_graph, rewrite_graph
+from fxprune.passes import ShapePropagationError, analyze_graph, rewrite_graph
 
 from .capture import capture
+from .capture.frontends import capture_exported
+from .capture.modes import refuse_train, restore_flags, training_flags
+from .checks.certificate import attach, certify
 from .errors import CaptureError, GroupMismatchError, KeepIndicesError
 from .graph import DependencyGraph, Group
 
-__all__ = ["analyze", "apply"]
+__all__ = ["analyze", "apply", "certificate"]
 
 
 def _as_inputs(example_inputs) -> tuple:
@@ -23,8 +28,20 @@ def _as_inputs(example_inputs) -> tuple:
     return tuple(example_inputs)
 
 
+def names(value, what: str) -> tuple:
+    """A name list option: one string is one name (never split into letters)."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, type, nn.Module, nn.Parameter)):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:
+        raise TypeError(f"{what} must be a name or a list of names, got {type(value).__name__}") from None
+
+
 def _check_leaves(model: nn.Module, leaf_modules: Iterable) -> list:
-    leaves = list(leaf_modules)
+    leaves = list(names(leaf_modules, "leaf_modules"))
     for leaf in leaves:
         if isinstance(leaf, str):
             try:
@@ -70,10 +87,20 @@ def analyze(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = N
     inputs = _as_inputs(example_inputs)
     leaves = _check_leaves(model, leaf_modules)
     cap = _capture(model, inputs, leaves, example_kwargs, fold)
-    result = analyze_graph(cap.gm, cap.inputs)
+    try:
+        result = analyze_graph(cap.gm, cap.inputs)
+    except ShapePropagationError as e:  # a traced graph of another branch (Note [Checked trace])
+        if cap.front_end != "torch.fx.symbolic_trace":
+            raise
+        why = f"its graph fails shape propagation: {str(e).splitlines()[0][:200]}"
+        cap = capture_exported(model, inputs, example_kwargs, CaptureError(f"symbolic_trace: {why}"))
+        cap.front_end += f" (symbolic_trace was not used: {why})"
+        result = analyze_graph(cap.gm, cap.inputs)
     dg = DependencyGraph(result, cap.front_end, type(model).__name__, cap.lifted)
     dg.example_args, dg.example_kwargs = inputs, dict(example_kwargs or {})
     dg.model = model
+    dg.train_refused = cap.train_refused  # Note [Training mode] in fxprune/capture/modes.py
+    dg.training_flags = training_flags(model) if isinstance(model, nn.Module) else {}
     return dg
 
 
@@ -81,9 +108,12 @@ def _capture(model, inputs: tuple, leaves: list, kwargs: Optional[dict], fold: b
     if not fold or not isinstance(model, nn.Module) or isinstance(model, torch.fx.GraphModule):
         return capture(model, inputs, leaves, kwargs)
     from .capture import capture_folded
+    from .capture.modes import EXPORT_FROZEN, eval_copy
 
     try:
-        return capture_folded(model, inputs, kwargs)
+        cap = capture_folded(eval_copy(model), inputs, kwargs)
+        cap.train_refused = EXPORT_FROZEN
+        return cap
     except Exception as e:  # folding is an optimisation: the usual capture stays sound
         cap = capture(model, inputs, leaves, kwargs)
         why = str(e).splitlines()[0] if isinstance(e, CaptureError) else f"{type(e).__name__}: {str(e)[:200]}"
@@ -99,10 +129,10 @@ def _keep_tensor(group: Group, keep) -> torch.Tensor:
                                    f"{keep.dim()}-D {keep.dtype}; {fix}")
         idx = keep.to(torch.long).cpu()
     else:
-        items = list(keep)
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+        items = list(keep.tolist() if hasattr(keep, "tolist") and hasattr(keep, "dtype") else keep)
+        if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in items):
             raise KeepIndicesError(f"keep-indices for {group.name} must be integers; {fix}")
-        idx = torch.tensor(items, dtype=torch.long)
+        idx = torch.tensor([int(i) for i in items], dtype=torch.long)
     if idx.numel() == 0:
         raise KeepIndicesError(f"keep-indices for {group.name} are empty: a group keeps at least one "
                                f"coordinate; {fix}")
@@ -131,22 +161,28 @@ def _resolve_group(dg: DependencyGraph, key: Union[Group, int]) -> Group:
     return key
 
 
-def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False):
+def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False, check: bool = True):
     """Emit the pruned model: a new ``fx.GraphModule``.
 
     Args:
         dg: the result of :func:`analyze`.
-        keep: ``{group: indices}``; indices are distinct ints in ``range(group.size)``
-            in the order they must appear. Groups not named keep every coordinate.
-
+        keep: ``{group: indices}``; indices are distinct ints (Python, numpy or a 1-D integer
+            tensor) in ``range(group.size)`` in the order they must appear. Groups not named keep
+            every coordinate; a group is named once (as a ``Group`` or its index).
         inplace: resize the analysed model's own modules instead (to keep its class,
             e.g. for HF ``save_pretrained``), then check that its eager forward agrees
             with the pruned graph on the example inputs; on disagreement the model is
             restored and :class:`fxprune.checks.inplace.InPlaceMismatchError` says why.
+        check: certify the analysis with the permutation oracle (Note [Certified by default] in
+            ``fxprune/checks/certificate.py``; once per ``dg``): the result carries the
+            :class:`~fxprune.checks.Certificate` in ``.meta["fxprune.certificate"]`` and
+            ``.fxprune_certificate``; a mismatch raises :class:`OracleMismatchError`.
 
     Returns:
         A new ``torch.fx.GraphModule`` (the analysed model is not modified), or with
-        ``inplace=True`` the analysed model itself.
+        ``inplace=True`` the analysed model itself. It trains like the original, or refuses
+        ``train()`` where its graph froze a mode-dependent branch (Note [Training mode] in
+        ``fxprune/capture/modes.py``).
 
     Example::
 
@@ -156,15 +192,46 @@ def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False):
         >>> small = fxprune.apply(dg, {dg.groups[0]: [7, 1, 2]})
         >>> small.get_submodule("0")
         Linear(in_features=4, out_features=3, bias=True)
+        >>> small.fxprune_certificate.passed
+        True
     """
     atoms = {}
     for key, idx in keep.items():
         group = _resolve_group(dg, key)
+        if group.atom in atoms:
+            raise GroupMismatchError(f"{group.name} is given twice in keep (as a Group and as its index "
+                                     f"{group.index}?); name every group once")
         atoms[group.atom] = _keep_tensor(group, idx)
+    cert = certificate(dg) if check else None
     pruned = rewrite_graph(dg.gm, atoms)
     if not inplace:
+        _set_modes(dg, pruned)
+        if cert is not None:
+            attach(pruned, cert)
         return pruned
     from .checks.inplace import apply_inplace
 
     sizes = {dg.groups[i].size for i, g in enumerate(dg.groups) if g.atom in atoms and len(atoms[g.atom]) < g.size}
-    return apply_inplace(dg.model, dg, pruned, sizes)
+    model = apply_inplace(dg.model, dg, pruned, sizes)
+    if cert is not None:
+        attach(model, cert)
+    return model
+
+
+def certificate(dg: DependencyGraph):
+    """The permutation oracle's :class:`~fxprune.checks.Certificate` for ``dg``, computed once."""
+    cert = getattr(dg, "_certificate", None)
+    if cert is None:
+        cert = dg._certificate = certify(dg)
+    return cert
+
+
+def _set_modes(dg: DependencyGraph, pruned) -> None:
+    """The original's training flags where the graph can train; eval-only where it cannot."""
+    if getattr(dg, "train_refused", None):
+        refuse_train(pruned, dg.train_refused)
+        if getattr(dg, "training_flags", {}).get(""):
+            warnings.warn(f"{dg.source_name} is in train mode, but its pruned graph is returned in eval mode and "
+                          f"refuses train(): {dg.train_refused}", stacklevel=3)
+    else:
+        restore_flags(pruned, getattr(dg, "training_flags", {}))
