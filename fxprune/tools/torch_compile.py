@@ -32,6 +32,15 @@ One backend instance prunes one graph:
   keyed by the identity of the parameter tensors (and dims) the group spans,
   and replayed on the new graph.
 
+**Training** through the compiled function would update nothing: the graph
+computes with pruned *copies* frozen into it, and the model's parameters (what
+an optimizer holds) are not in it any more. So when gradients are enabled and
+the model's parameters require them, the outputs carry a backward step that
+raises :class:`fxprune.TrainModeError` (prune ahead of time and train the
+returned model instead). Inference, with or without ``torch.no_grad()``, and
+input gradients through a model whose parameters are frozen
+(``requires_grad_(False)``) are unaffected.
+
 What needs more than the graph is refused with :class:`UnsupportedOptionError`
 (prune ahead of time with ``fxprune.prune`` instead): data-driven importance
 (``taylor``, ``hessian``: the backend sees no data), ``target_macs`` /
@@ -50,11 +59,12 @@ from typing import Callable, Optional, Union
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.utils._pytree import tree_map
 
 from fxprune.passes import Atom
 
 from ..api import analyze, apply
-from ..errors import FxPruneError
+from ..errors import FxPruneError, TrainModeError
 from ..policy.importance import BNScale, get_importance
 from ..policy.pruner import PruneConfig, plan, score_groups
 
@@ -400,5 +410,32 @@ def _drop_positions(compiled: Callable, lifted: dict) -> Callable:
                     "Fix: torch._dynamo.reset() and create a new fxprune.backend(...) per model, or " + _AHEAD)
         return compiled(*[a for i, a in enumerate(args) if i not in lifted])
 
-    run.__wrapped__ = compiled
-    return run
+    def run_checked(*args):
+        out = run(*args)
+        if not torch.is_grad_enabled():
+            return out
+        anchor = next((args[i] for i in lifted if isinstance(args[i], torch.Tensor) and args[i].requires_grad), None)
+        if anchor is None:
+            return out
+        return tree_map(lambda t: _NoTraining.apply(t, anchor)
+                        if isinstance(t, torch.Tensor) and t.is_floating_point() else t, out)
+
+    run_checked.__wrapped__ = compiled
+    return run_checked
+
+
+class _NoTraining(torch.autograd.Function):
+    """Identity whose backward refuses: training through frozen pruned copies updates nothing."""
+
+    @staticmethod
+    def forward(ctx, out, anchor):
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise TrainModeError(
+            "training through a model compiled with fxprune.backend would update nothing: the compiled graph "
+            "computes with pruned copies of the parameters frozen into it, not with the model's own parameters "
+            "(which your optimizer holds). Fix: prune ahead of time and train the result: pruned = "
+            "fxprune.prune(model, example_inputs, ...); torch.compile(pruned) (for input gradients only, freeze "
+            "the model's parameters with requires_grad_(False))")
