@@ -12,6 +12,7 @@ from .api import analyze, apply
 from .errors import (CaptureError, ExampleInputError, FxPruneError, GroupMismatchError, KeepIndicesError,
                      MetaDeviceError, OracleMismatchError, SaveError, TrainModeError)
 from .graph import DependencyGraph, Group
+from .io import load, save
 from .checks import Certificate, VerifyReport, certify, relative_error, verify
 from .policy.counting import Count, compare, count, count_macs, count_params, group_table, latency
 from .policy.importance import (BNScale, Criterion, Elementwise, FPGM, Hessian, Magnitude, Random, Taylor, get_importance,
@@ -25,7 +26,7 @@ from .tools.torch_compile import backend
 __version__ = "0.1.0"
 
 __all__ = [
-    "analyze", "apply", "verify", "DependencyGraph", "Group", "VerifyReport", "relative_error",
+    "analyze", "apply", "verify", "save", "load", "DependencyGraph", "Group", "VerifyReport", "relative_error",
     "FxPruneError", "CaptureError", "KeepIndicesError", "GroupMismatchError", "OracleMismatchError",
     "TrainModeError", "ExampleInputError", "MetaDeviceError", "SaveError", "Certificate", "certify",
     "passes",

@@ -227,7 +227,11 @@ def certificate(dg: DependencyGraph):
 
 
 def _set_modes(dg: DependencyGraph, pruned) -> None:
-    """The original's training flags where the graph can train; eval-only where it cannot."""
+    """The original's training flags where the graph can train; eval-only where it cannot. Also
+    the example the graph was captured with, for :func:`fxprune.save`."""
+    lifted = set(dg.lifted)
+    pruned.meta["fxprune.example"] = (tuple(x for i, x in enumerate(dg.example_args) if i not in lifted),
+                                      dict(dg.example_kwargs))
     if getattr(dg, "train_refused", None):
         refuse_train(pruned, dg.train_refused)
         if getattr(dg, "training_flags", {}).get(""):
