@@ -152,6 +152,20 @@ def test_progress_bars_stay_off_a_non_tty(capsys, models):
     assert "searching the ratio" in err and "certifying" in err
 
 
+def test_progress_bars_on_a_terminal(capsys, models, monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    code = main([f"{models}:conv", "--target-macs", "0.5", "--tolerance", "0.1", *FAST])
+    assert code == 0
+    assert "target search" in term.getvalue() and "probe" in term.getvalue()
+
+
 def test_leaf_module_model_saves_and_loads(capsys, models, tmp_path):
     import fxprune
     path = tmp_path / "leaf.pt2"

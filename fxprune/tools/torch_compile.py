@@ -41,6 +41,10 @@ returned model instead). Inference, with or without ``torch.no_grad()``, and
 input gradients through a model whose parameters are frozen
 (``requires_grad_(False)``) are unaffected.
 
+The backend does not certify its graph (no float64 forward passes inside a
+compile); its decisions are those of :func:`fxprune.prune`, which does, and
+:func:`fxprune.verify` checks the model itself.
+
 What needs more than the graph is refused with :class:`UnsupportedOptionError`
 (prune ahead of time with ``fxprune.prune`` instead): data-driven importance
 (``taylor``, ``hessian``: the backend sees no data), ``target_macs`` /
@@ -335,7 +339,7 @@ class PruningBackend:
         else:
             self._params = {i: (weakref.ref(t), name) for i, (t, name) in current.items()}
             keep = self._decide(dg)
-        pruned = apply(dg, keep)
+        pruned = apply(dg, keep, check=False)  # no certificate inside a compile: see the module docstring
         self._snapshot(dg, pruned, replayed)
         _freeze(pruned)
         prune_s = time.perf_counter() - start
