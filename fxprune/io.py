@@ -68,14 +68,39 @@ def _dynamic(model: nn.Module, args: tuple, kwargs: dict):
     return {k: tree_map(spec, v) for k, v in bound.arguments.items()}
 
 
+def _double_batch(args: tuple, kwargs: dict):
+    """The example with every batch dim of size 1 doubled (export specializes size-1 dims), or None."""
+    tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+    if not any(t.dim() and t.shape[0] == 1 for t in tensors):
+        return None
+    grow = lambda t: torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == 1 else t  # noqa
+    return tree_map(grow, args), tree_map(grow, kwargs)
+
+
+def _dynamic_dims(ep) -> list:
+    """``name[dim]`` of every user-input dim the exported program keeps symbolic."""
+    names = set(ep.graph_signature.user_inputs)
+    out = []
+    for node in ep.graph.nodes:
+        val = node.meta.get("val")
+        if node.op == "placeholder" and node.name in names and isinstance(val, torch.Tensor):
+            out += [f"{node.name}[{i}]" for i, d in enumerate(val.shape) if isinstance(d, torch.SymInt)]
+    return out
+
+
 def _export(model: nn.Module, args: tuple, kwargs: dict) -> tuple:
-    """(ExportedProgram, "dynamic"/"static") of an eval-mode copy of ``model``."""
+    """(ExportedProgram of an eval-mode copy of ``model``, what stays dynamic)."""
     copy_ = eval_copy(model)
-    try:
-        return torch.export.export(copy_, args, kwargs, strict=False,
-                                   dynamic_shapes=_dynamic(copy_, args, kwargs)), "dynamic"
-    except Exception:
-        return torch.export.export(copy_, args, kwargs, strict=False), "static"
+    for example in filter(None, (_double_batch(args, kwargs), (args, kwargs))):
+        try:
+            ep = torch.export.export(copy_, example[0], example[1], strict=False,
+                                     dynamic_shapes=_dynamic(copy_, *example))
+        except Exception:
+            continue
+        dims = _dynamic_dims(ep)
+        if dims:
+            return ep, f"dynamic dims {', '.join(dims)}"
+    return torch.export.export(copy_, args, kwargs, strict=False), "static shapes: the example's sizes"
 
 
 def _meta_json(model: nn.Module, shapes: str) -> str:
@@ -127,7 +152,8 @@ def save(model: nn.Module, path, example_inputs=None, example_kwargs: Optional[d
             can capture the model, else pickle.
 
     Returns:
-        What was written, e.g. ``"pt2 (dynamic shapes)"``.
+        What was written, e.g. ``"pt2 (dynamic dims x[0], x[2], x[3])"``; a ``pt2 (static shapes: ...)``
+        runs only at the example's sizes.
 
     Raises:
         SaveError: the directory does not exist, the file cannot be written, or the model can be
@@ -140,7 +166,7 @@ def save(model: nn.Module, path, example_inputs=None, example_kwargs: Optional[d
         >>> small = fxprune.prune(net, (torch.randn(2, 4),), ratio=0.5)
         >>> path = os.path.join(tempfile.mkdtemp(), "small.pt2")
         >>> fxprune.save(small, path)
-        'pt2 (dynamic shapes)'
+        'pt2 (dynamic dims input[0], input[1])'
         >>> fxprune.load(path)(torch.randn(5, 4)).shape
         torch.Size([5, 2])
     """
@@ -162,7 +188,7 @@ def save(model: nn.Module, path, example_inputs=None, example_kwargs: Optional[d
         else:
             extra = {_EXTRA: _meta_json(model, shapes)}
             atomic_write(path, lambda tmp: torch.export.save(ep, tmp, extra_files=extra), suffix=".tmp.pt2")
-            return f"pt2 ({shapes} shapes)"
+            return f"pt2 ({shapes})"
     try:
         inner = io.BytesIO()
         torch.save(model, inner)
