@@ -207,6 +207,13 @@ def test_wrong_branch_trace_falls_back_to_export(fuse):
     assert pruned.fxprune_certificate.passed
 
 
+def test_shape_propagation_failure_falls_back_to_export(monkeypatch):
+    import fxprune.capture.frontends as frontends
+    monkeypatch.setattr(frontends, "_trace_mismatch", lambda *a: None)  # as on meta, where values cannot be compared
+    dg = fxprune.analyze(IsInstanceSkip("cat").eval(), X)
+    assert dg.front_end.startswith("torch.export") and "fails shape propagation" in dg.front_end
+
+
 def test_meta_model_skips_the_numeric_trace_check():
     with torch.device("meta"):
         model = ConvBNDrop().eval()

@@ -7,7 +7,9 @@ scores and checks an *eval-mode structural copy* (:func:`eval_copy`): every
 module is copied shallowly with ``training=False`` and its own containers,
 while the parameters and buffers are the model's own tensors. So no flag of
 the user's model is flipped, even for a moment, and no forward pass updates
-its BatchNorm statistics, in whatever mode the model is.
+its BatchNorm statistics, in whatever mode the model is. (A forward that
+writes into its own buffers in eval mode, such as a hand-made KV cache, still
+writes into the shared tensors; fxprune's own passes run no such write.)
 
 What the pruned model can do in ``train()`` depends on the front end:
 
