@@ -28,7 +28,7 @@ def _as_inputs(example_inputs) -> tuple:
     return tuple(example_inputs)
 
 
-def names(value, what: str) -> tuple:
+def name_list(value, what: str) -> tuple:
     """A name list option: one string is one name (never split into letters)."""
     if value is None:
         return ()
@@ -41,7 +41,7 @@ def names(value, what: str) -> tuple:
 
 
 def _check_leaves(model: nn.Module, leaf_modules: Iterable) -> list:
-    leaves = list(names(leaf_modules, "leaf_modules"))
+    leaves = list(name_list(leaf_modules, "leaf_modules"))
     for leaf in leaves:
         if isinstance(leaf, str):
             try:

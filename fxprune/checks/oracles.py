@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from fxprune.passes import runnable
 
-from ..api import analyze, apply, names
+from ..api import analyze, apply, name_list
 from ..errors import MetaDeviceError
 from .counting import count_macs, count_params
 from .importance import Random, Taylor, get_importance
@@ -102,8 +102,8 @@ class PruneConfig:
         for t in (self.target_macs, self.target_params):
             _check(t is None or t > 0, f"targets must be positive, got {t}")
         _check(0.0 < self.tolerance < 0.5, f"tolerance must be in (0, 0.5), got {self.tolerance}")
-        object.__setattr__(self, "ignore", names(self.ignore, "ignore"))
-        object.__setattr__(self, "leaf_modules", names(self.leaf_modules, "leaf_modules"))
+        object.__setattr__(self, "ignore", name_list(self.ignore, "ignore"))
+        object.__setattr__(self, "leaf_modules", name_list(self.leaf_modules, "leaf_modules"))
         get_importance(self.importance)  # unknown names fail here, not after analysis
 
 
