@@ -15,7 +15,8 @@ benchmarks/suite_models.py), in one process, runs alternating between the tools:
   float64 copy get (no copy, float32 against float32 noise);
 * **TP prune**: Torch-Pruning's ``MagnitudePruner(pruning_ratio=0.3)`` construction (its
   dependency graph) + ``step()`` on a copy, output layers ignored (not run for HF models, which
-  need per-family head hints).
+  need per-family head hints); one run in a forked worker, capped at ``--tp-timeout`` seconds
+  (default 60; ">60").
 
 Columns *check/prune* and *(prune+check)/TP* are ratios of medians in the same run; seconds
 are shown for orientation only.
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
+import multiprocessing
 import os
 import statistics
 import sys
@@ -53,20 +56,31 @@ def _median_time(fn, reps: int) -> tuple:
     return statistics.median(times), out
 
 
-def _tp_time(model, args, kwargs, reps: int):
-    if kwargs:
-        return None
+def _tp_worker(model, args, kwargs, queue) -> None:
+    from make_benchmarks_md import _tp_prune
     try:
-        from make_benchmarks_md import _tp_prune
-    except ImportError:
-        return None
-    try:
-        return _median_time(lambda: _tp_prune(copy.deepcopy(model), args, kwargs, RATIO), reps)[0]
+        queue.put(_median_time(lambda: _tp_prune(model, args, kwargs, RATIO), 1)[0])
     except Exception:
-        return float("nan")
+        queue.put(float("nan"))
 
 
-def measure(spec: str, reps: int) -> dict:
+def _tp_time(model, args, kwargs, cap: int):
+    """Torch-Pruning's prune time (one run in a forked worker), ``inf`` past ``cap`` seconds, nan if it fails."""
+    if kwargs or importlib.util.find_spec("torch_pruning") is None:
+        return None
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    worker = ctx.Process(target=_tp_worker, args=(copy.deepcopy(model), args, kwargs, queue))
+    worker.start()
+    worker.join(cap)
+    if worker.is_alive():
+        worker.kill()
+        worker.join()
+        return float("inf")
+    return queue.get() if not queue.empty() else float("nan")
+
+
+def measure(spec: str, reps: int, tp_cap: int = 60) -> dict:
     import fxprune
     model, args, kwargs = _build(spec)
     fxprune.prune(model, args, example_kwargs=kwargs, ratio=RATIO, check=False)  # warm-up
@@ -77,13 +91,15 @@ def measure(spec: str, reps: int) -> dict:
     t32, cert32 = _median_time(lambda: fxprune.certify(dg, max_bytes=1), reps)
     params = sum(p.numel() for p in model.parameters())
     return {"model": spec, "params": params, "groups": len(dg.groups), "prune": t_prune, "f64": t64,
-            "f32": t32, "err64": cert64.error, "err32": cert32.error, "tp": _tp_time(model, args, kwargs, reps),
+            "f32": t32, "err64": cert64.error, "err32": cert32.error, "tp": _tp_time(model, args, kwargs, tp_cap),
             "kept": sum(p.numel() for p in pruned.parameters()) / params}
 
 
-def _fmt(x, spec="{:.3f}") -> str:
+def _fmt(x, spec="{:.3f}", cap: int = 60) -> str:
     if x is None:
         return "-"
+    if x == float("inf"):
+        return f">{cap}"
     return "failed" if x != x else spec.format(x)
 
 
@@ -92,10 +108,11 @@ def table(rows: list) -> str:
             "| f32 error | TP prune (s) | (prune+check)/TP |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in rows:
-        over = None if r["tp"] is None or r["tp"] != r["tp"] else (r["prune"] + r["f64"]) / r["tp"]
+        tp = r["tp"]
+        over = None if tp is None or tp != tp else (r["prune"] + r["f64"]) / min(tp, r["cap"])
         lines.append(f"| {r['model']} | {r['params'] / 1e6:.1f}M | {r['groups']} | {r['prune']:.3f} | {r['f64']:.3f} "
                      f"| {r['f64'] / r['prune']:.2f} | {r['err64']:.1e} | {r['f32']:.3f} | {r['err32']:.1e} "
-                     f"| {_fmt(r['tp'])} | {_fmt(over, '{:.2f}')} |")
+                     f"| {_fmt(tp, cap=r['cap'])} | {('<=' if tp == float('inf') else '') + _fmt(over, '{:.2f}')} |")
     ratios = [r["f64"] / r["prune"] for r in rows]
     geo = statistics.geometric_mean(ratios) if ratios else float("nan")
     lines.append(f"\nGeometric mean of check/prune: **{geo:.2f}** (the certificate's share: "
@@ -108,6 +125,7 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--models", help="comma-separated zoo:name specs (default: 8 models)")
     p.add_argument("--reps", type=int, default=None, help="runs per measurement (default 3, --quick 1)")
+    p.add_argument("--tp-timeout", type=int, default=60, help="cap of the Torch-Pruning run, seconds")
     args = p.parse_args(argv)
     import torch
     torch.set_num_threads(1)
@@ -116,7 +134,7 @@ def main(argv=None) -> None:
     rows = []
     for spec in specs:
         print(f"measuring {spec} ...", file=sys.stderr, flush=True)
-        rows.append(measure(spec, reps))
+        rows.append({**measure(spec, reps, args.tp_timeout), "cap": args.tp_timeout})
     print(f"Certificate cost (torch {torch.__version__}, 1 thread, median of {reps}, ratio {RATIO}):\n")
     print(table(rows))
 
