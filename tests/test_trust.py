@@ -224,6 +224,8 @@ def test_meta_model_skips_the_numeric_trace_check():
 def test_model_that_does_not_run_on_its_example_says_so():
     with pytest.raises(fxprune.ExampleInputError, match=r"does not run on the example inputs \(\(2, 3, 8\) float"):
         fxprune.analyze(ConvBNDrop().eval(), (torch.randn(2, 3, 8),))
+    with pytest.raises(fxprune.ExampleInputError, match="does not run"):  # through torch.export (keywords)
+        fxprune.analyze(DataDependentBN().eval(), (), {"x": torch.randn(2, 3, 8)})
 
 
 # -- certified by default ---------------------------------------------------------------------------

@@ -262,6 +262,7 @@ def capture_exported(model: nn.Module, inputs: tuple, kwargs: Optional[dict],
     try:
         cap = _export(eval_copy(model), inputs, dict(kwargs or {}))
     except Exception as e:
+        _refuse_bad_inputs(model, inputs, dict(kwargs or {}))  # the model itself fails: say that instead
         trace_msg = f"{first_error}\n" if first_error else ""
         raise CaptureError(
             f"{trace_msg}torch.export (non-strict) cannot capture {type(model).__name__} either: "
@@ -304,10 +305,28 @@ def _on_meta(model: nn.Module, inputs: tuple) -> bool:
     return any(t.is_meta for t in tensors)
 
 
-def _run_seeded(fn, inputs: tuple):
+def _run_seeded(fn, inputs: tuple, kwargs: Optional[dict] = None):
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(0)
-        return fn(*inputs)
+        return fn(*inputs, **(kwargs or {}))
+
+
+def _bad_inputs(model: nn.Module, inputs: tuple, kwargs: dict, e: Exception) -> ExampleInputError:
+    what = _describe((*inputs, *kwargs.values()))
+    return ExampleInputError(
+        f"{type(model).__name__} does not run on the example inputs ({what}): {type(e).__name__}: "
+        f"{str(e).splitlines()[0][:300] if str(e) else ''}\n"
+        "Fix: pass inputs of the shapes and dtypes the model's forward expects")
+
+
+def _refuse_bad_inputs(model: nn.Module, inputs: tuple, kwargs: dict) -> None:
+    """Raise :class:`ExampleInputError` if the eager model fails on the example (not on meta)."""
+    if _on_meta(model, (inputs, kwargs)):
+        return
+    try:
+        _run_seeded(eval_copy(model), inputs, kwargs)
+    except Exception as e:
+        raise _bad_inputs(model, inputs, kwargs, e) from e
 
 
 def _trace_mismatch(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> Optional[str]:
@@ -318,10 +337,7 @@ def _trace_mismatch(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> Opti
     except Exception as e:
         if meta:  # data-dependent Python cannot run on meta tensors: the analysis decides
             return None
-        raise ExampleInputError(
-            f"{type(model).__name__} does not run on the example inputs "
-            f"({_describe(inputs)}): {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}\n"
-            "Fix: pass inputs of the shapes and dtypes the model's forward expects") from e
+        raise _bad_inputs(model, inputs, {}, e) from e
     try:
         out = plain_outputs(_run_seeded(gm, inputs))
     except Exception as e:

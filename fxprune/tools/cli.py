@@ -341,7 +341,8 @@ def _run(args, say) -> tuple:
 @contextlib.contextmanager
 def _quiet_logs():
     """torch.export prints whole graphs as warnings when it gives up on a model; the CLI reports that itself."""
-    noisy = [logging.getLogger(n) for n in ("torch.fx.experimental.symbolic_shapes", "torch._dynamo", "torch.export")]
+    noisy = [logging.getLogger(n) for n in ("torch.fx.experimental.symbolic_shapes", "torch._dynamo", "torch.export",
+                                          "torch._export")]
     levels = [lg.level for lg in noisy]
     try:
         for lg in noisy:
