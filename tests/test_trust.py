@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import io
 
 import pytest
 import torch
@@ -110,6 +111,12 @@ def test_graph_that_froze_self_training_refuses_train():
         pruned.train()
     with pytest.raises(fxprune.TrainModeError):
         copy.deepcopy(pruned).train()
+    buf = io.BytesIO()
+    torch.save(pruned, buf)
+    unpickled = torch.load(io.BytesIO(buf.getvalue()), weights_only=False)
+    torch.testing.assert_close(unpickled(x), pruned(x))
+    with pytest.raises(fxprune.TrainModeError):
+        unpickled.train()
     # still refused after re-analysis (iterative pruning) of the pruned graph
     again = fxprune.apply(fxprune.analyze(pruned, (torch.randn(2, 4),)), {})
     with pytest.raises(fxprune.TrainModeError):
