@@ -123,6 +123,18 @@ def test_graph_that_froze_self_training_refuses_train():
         again.train()
 
 
+def test_the_train_mode_retrace_runs_only_where_a_traced_forward_reads_training(monkeypatch):
+    import fxprune.capture.frontends as frontends
+    calls = []
+    real = frontends.mode_difference
+    monkeypatch.setattr(frontends, "mode_difference", lambda *a: calls.append(1) or real(*a))
+    model = ConvBNDrop().train()  # BatchNorm and Dropout are leaves: their reads happen at run time
+    assert fxprune.analyze(model, X).train_refused is None and calls == []
+    assert type(model.bn) is nn.BatchNorm2d and all(type(m).__module__ != __name__ or type(m) is ConvBNDrop
+                                                    for m in model.modules())  # classes untouched
+    assert fxprune.analyze(FunctionalDropout(), (torch.randn(2, 4),)).train_refused and calls == [1]
+
+
 def test_export_graph_of_a_train_mode_model_is_captured_in_eval_mode():
     model = _trained_bn(DataDependentBN())
     state = _state(model)

@@ -1,6 +1,7 @@
 """Capture front-ends: an nn.Module or GraphModule becomes the GraphModule the passes analyse."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
@@ -18,7 +19,7 @@ from fxprune.passes.blocks import plant
 
 from ..checks.compare import plain_outputs, relative_error
 from ..errors import CaptureError, ExampleInputError
-from .modes import EXPORT_FROZEN, eval_copy, mode_difference, train_refusal
+from .modes import EXPORT_FROZEN, eval_copy, mode_difference, reads_training, train_refusal
 
 __all__ = ["capture", "Captured", "capture_exported"]
 
@@ -61,10 +62,14 @@ def _user_frame(exc: BaseException) -> str:
     return f"\n  at {f.filename}:{f.lineno}, in {f.name}: `{(f.line or '').strip()}`"
 
 
-def _trace(model: nn.Module, leaves: Iterable) -> fx.GraphModule:
+def _trace(model: nn.Module, leaves: Iterable, watch: Optional[nn.Module] = None) -> fx.GraphModule:
+    """``symbolic_trace`` with leaves; ``watch``: an eval copy whose reads of ``training`` during the
+    trace (not while the GraphModule is built) are logged (see :func:`reads_training`)."""
     tracer = _Tracer(leaves)
     try:
-        graph = tracer.trace(model)
+        with reads_training(watch) if watch is not None else contextlib.nullcontext() as log:
+            graph = tracer.trace(model)
+        tracer.training_reads = log
     except Exception as e:
         path, kind = tracer.path_stack[-1] if tracer.path_stack else ("", type(model))
         where = f"module '{path}' ({getattr(kind, '__name__', kind)})" if path else f"{type(model).__name__}.forward"
@@ -76,7 +81,9 @@ def _trace(model: nn.Module, leaves: Iterable) -> fx.GraphModule:
             "(its channels are then pinned), or rewrite the data-dependent Python in its forward."
         ) from e
     name = model.__class__.__name__
-    return fx.GraphModule(tracer.root, graph, name)
+    gm = fx.GraphModule(tracer.root, graph, name)
+    gm.meta["fxprune.training_reads"] = getattr(tracer, "training_reads", None)
+    return gm
 
 
 def _source_name(node: fx.Node) -> str:
@@ -290,12 +297,13 @@ class _WrongTrace(CaptureError):
 
 def _checked_trace(model: nn.Module, inputs: tuple, leaves: Iterable) -> Captured:
     clone = eval_copy(model)
-    gm = _trace(clone, leaves)
+    gm = _trace(clone, leaves, watch=clone)
     problem = _trace_mismatch(clone, gm, inputs)
     if problem is not None:
         raise _WrongTrace(f"torch.fx.symbolic_trace recorded a graph that does not compute what "
                           f"{type(model).__name__} computes on the example inputs: {problem}", problem)
-    refused = mode_difference(gm, lambda: _trace(eval_copy(model, training=True), leaves))
+    reads = gm.meta.pop("fxprune.training_reads", None)
+    refused = None if reads == [] else mode_difference(gm, lambda: _trace(eval_copy(model, training=True), leaves))
     return Captured(gm, "torch.fx.symbolic_trace", inputs, train_refused=refused)
 
 

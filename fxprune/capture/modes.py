@@ -17,9 +17,12 @@ What the pruned model can do in ``train()`` depends on the front end:
   Dropout modules follow the pruned model's own ``train()``/``eval()``, as in
   the original. Python that *reads* ``self.training`` (``F.dropout(x, p,
   self.training)``, stochastic depth, ``if self.training:``) is frozen at trace
-  time. So we trace a second copy with ``training=True`` and compare the code
-  (:func:`mode_difference`); where they differ, the pruned model refuses
-  ``train()`` with :class:`~fxprune.errors.TrainModeError` naming the line.
+  time. The trace records every read of ``training`` by a module it traces
+  through (:func:`reads_training`; leaf modules such as BatchNorm and Dropout
+  are not traced through). Only where one happened, we trace a second copy
+  with ``training=True`` and compare the code (:func:`mode_difference`);
+  where they differ, the pruned model refuses ``train()`` with
+  :class:`~fxprune.errors.TrainModeError` naming the line.
 * ``torch.export`` graphs are aten graphs in which every mode-dependent op
   (``batch_norm``'s training flag, dropout) is frozen: the pruned model refuses
   ``train()``.
@@ -31,16 +34,17 @@ mode. The refusal survives ``copy.deepcopy``, pickling and re-analysis
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections import OrderedDict
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch.fx as fx
 import torch.nn as nn
 
 from ..errors import TrainModeError
 
-__all__ = ["eval_copy", "mode_difference", "EvalOnlyGraphModule", "refuse_train", "train_refusal",
+__all__ = ["eval_copy", "reads_training", "mode_difference", "EvalOnlyGraphModule", "refuse_train", "train_refusal",
            "training_flags", "restore_flags", "EXPORT_FROZEN"]
 
 REFUSAL_KEY = "fxprune.train_refused"
@@ -75,6 +79,45 @@ def eval_copy(model: nn.Module, training: bool = False) -> nn.Module:
         return new
 
     return clone(model)
+
+
+_WATCHED: dict = {}  # class -> its subclass whose ``training`` is a property that logs reads
+
+
+def _watched_class(cls: type) -> type:
+    if cls not in _WATCHED:
+        def get(self):
+            self.__dict__.get("_fxprune_training_log", []).append(type(self).__mro__[1])
+            return self.__dict__["training"]
+
+        def put(self, value):
+            self.__dict__["training"] = value
+        _WATCHED[cls] = type(cls.__name__, (cls,), {"training": property(get, put), "__module__": cls.__module__,
+                                                   "__qualname__": cls.__qualname__})
+    return _WATCHED[cls]
+
+
+@contextlib.contextmanager
+def reads_training(copy_: nn.Module) -> Iterator[Optional[list]]:
+    """While active, reads of ``training`` on the modules of ``copy_`` (an :func:`eval_copy`,
+    whose classes are swapped for the time being) are appended to the yielded list. Yields
+    None where a class cannot be swapped (then every read must be assumed)."""
+    log: list = []
+    swapped = []
+    try:
+        for m in copy_.modules():
+            cls = type(m)
+            m.__class__ = _watched_class(cls)
+            m.__dict__["_fxprune_training_log"] = log
+            swapped.append((m, cls))
+    except Exception:  # a class whose layout or metaclass does not allow it
+        log = None
+    try:
+        yield log
+    finally:
+        for m, cls in swapped:
+            m.__class__ = cls
+            m.__dict__.pop("_fxprune_training_log", None)
 
 
 def _code(gm: fx.GraphModule) -> list:
