@@ -266,10 +266,8 @@ def _prune(args, m: _Loaded, dg, cfg, say) -> _Pruned:
     t = time.perf_counter()
     if cfg.iterative_steps == 1:
         what = (f"searching the ratio that reaches {'MACs' if cfg.target_macs else 'params'} "
-                f"{cfg.target_macs or cfg.target_params:g}" if cfg.target_macs or cfg.target_params
-                else f"selecting by {args.importance}")
-        say(f"scoring {len(dg.groups)} groups ({args.importance}); {what}; rewriting"
-            + ("; certifying" if check else ""))
+                f"{cfg.target_macs or cfg.target_params:g}" if cfg.target_macs or cfg.target_params else "selecting")
+        say(f"scoring {len(dg.groups)} groups ({args.importance}), {what}, rewriting" + (", certifying" if check else ""))
         step = prune_step(dg, cfg, data=data, check=check, progress=say.bars)
         return _Pruned(step.model, step.keep, time.perf_counter() - t, step.certificate)
     n, params0 = cfg.iterative_steps, count_params(m.model)
