@@ -9,13 +9,15 @@
 """
 from . import passes
 from .api import analyze, apply
-from .errors import CaptureError, FxPruneError, GroupMismatchError, KeepIndicesError, OracleMismatchError
+from .errors import (CaptureError, ExampleInputError, FxPruneError, GroupMismatchError, KeepIndicesError,
+                     MetaDeviceError, OracleMismatchError, SaveError, TrainModeError)
 from .graph import DependencyGraph, Group
-from .checks import VerifyReport, relative_error, verify
+from .io import load, save
+from .checks import Certificate, VerifyReport, certify, relative_error, verify
 from .policy.counting import Count, compare, count, count_macs, count_params, group_table, latency
 from .policy.importance import (BNScale, Criterion, Elementwise, FPGM, Hessian, Magnitude, Random, Taylor, get_importance,
                                 importance_names, register_importance)
-from .policy.pruner import PruneConfig, plan, prune, score_groups
+from .policy.pruner import PruneConfig, PruneStep, plan, prune, prune_step, score_groups
 from .policy.selection import factor_roles, ignored_groups
 from .policy.sparsity import GroupSparsity
 from .policy.stats import collect_stats
@@ -24,10 +26,11 @@ from .tools.torch_compile import backend
 __version__ = "0.1.0"
 
 __all__ = [
-    "analyze", "apply", "verify", "DependencyGraph", "Group", "VerifyReport", "relative_error",
+    "analyze", "apply", "verify", "save", "load", "DependencyGraph", "Group", "VerifyReport", "relative_error",
     "FxPruneError", "CaptureError", "KeepIndicesError", "GroupMismatchError", "OracleMismatchError",
+    "TrainModeError", "ExampleInputError", "MetaDeviceError", "SaveError", "Certificate", "certify",
     "passes",
-    "prune", "PruneConfig", "plan", "score_groups", "backend", "collect_stats", "GroupSparsity",
+    "prune", "prune_step", "PruneStep", "PruneConfig", "plan", "score_groups", "backend", "collect_stats", "GroupSparsity",
     "Criterion", "Elementwise", "Magnitude", "BNScale", "Taylor", "Hessian", "FPGM", "Random",
     "register_importance", "get_importance", "importance_names", "factor_roles", "ignored_groups",
     "Count", "count", "count_macs", "count_params", "compare", "group_table", "latency",

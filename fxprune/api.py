@@ -1,18 +1,22 @@
 """The public verbs: analyze and apply."""
 from __future__ import annotations
 
+import warnings
 from typing import Iterable, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
 
-from fxprune.passes import InvalidKeepError, RuleBugError, analyze_graph, keep_indices, rewrite_graph
+from fxprune.passes import InvalidKeepError, RuleBugError, ShapePropagationError, analyze_graph, keep_indices, rewrite_graph
 
 from .capture import capture
+from .capture.frontends import capture_exported
+from .capture.modes import refuse_train, restore_flags, training_flags
+from .checks.certificate import attach, certify
 from .errors import CaptureError, GroupMismatchError, KeepIndicesError
 from .graph import DependencyGraph, Group
 
-__all__ = ["analyze", "apply"]
+__all__ = ["analyze", "apply", "certificate"]
 
 
 def _as_inputs(example_inputs) -> tuple:
@@ -23,8 +27,20 @@ def _as_inputs(example_inputs) -> tuple:
     return tuple(example_inputs)
 
 
+def name_list(value, what: str) -> tuple:
+    """A name list option: one string is one name (never split into letters)."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, type, nn.Module, nn.Parameter)):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:
+        raise TypeError(f"{what} must be a name or a list of names, got {type(value).__name__}") from None
+
+
 def _check_leaves(model: nn.Module, leaf_modules: Iterable) -> list:
-    leaves = list(leaf_modules)
+    leaves = list(name_list(leaf_modules, "leaf_modules"))
     for leaf in leaves:
         if isinstance(leaf, str):
             try:
@@ -70,10 +86,20 @@ def analyze(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = N
     inputs = _as_inputs(example_inputs)
     leaves = _check_leaves(model, leaf_modules)
     cap = _capture(model, inputs, leaves, example_kwargs, fold)
-    result = analyze_graph(cap.gm, cap.inputs)
+    try:
+        result = analyze_graph(cap.gm, cap.inputs)
+    except ShapePropagationError as e:  # a traced graph of another branch (Note [Checked trace])
+        if cap.front_end != "torch.fx.symbolic_trace":
+            raise
+        why = f"its graph fails shape propagation: {str(e).splitlines()[0][:200]}"
+        cap = capture_exported(model, inputs, example_kwargs, CaptureError(f"symbolic_trace: {why}"))
+        cap.front_end += f" (symbolic_trace was not used: {why})"
+        result = analyze_graph(cap.gm, cap.inputs)
     dg = DependencyGraph(result, cap.front_end, type(model).__name__, cap.lifted)
     dg.example_args, dg.example_kwargs = inputs, dict(example_kwargs or {})
     dg.model = model
+    dg.train_refused = cap.train_refused  # Note [Training mode] in fxprune/capture/modes.py
+    dg.training_flags = training_flags(model) if isinstance(model, nn.Module) else {}
     return dg
 
 
@@ -81,9 +107,12 @@ def _capture(model, inputs: tuple, leaves: list, kwargs: Optional[dict], fold: b
     if not fold or not isinstance(model, nn.Module) or isinstance(model, torch.fx.GraphModule):
         return capture(model, inputs, leaves, kwargs)
     from .capture import capture_folded
+    from .capture.modes import EXPORT_FROZEN, eval_copy
 
     try:
-        return capture_folded(model, inputs, kwargs)
+        cap = capture_folded(eval_copy(model), inputs, kwargs)
+        cap.train_refused = EXPORT_FROZEN
+        return cap
     except RuleBugError:  # strict mode: a rule bug inside a block is a bug, not a reason not to fold
         raise
     except Exception as e:  # folding is an optimisation: the usual capture stays sound
@@ -116,22 +145,28 @@ def _resolve_group(dg: DependencyGraph, key: Union[Group, int]) -> Group:
     return key
 
 
-def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False):
+def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False, check: bool = True):
     """Emit the pruned model: a new ``fx.GraphModule``.
 
     Args:
         dg: the result of :func:`analyze`.
-        keep: ``{group: indices}``; indices are distinct ints in ``range(group.size)``
-            in the order they must appear. Groups not named keep every coordinate.
-
+        keep: ``{group: indices}``; indices are distinct ints (Python, numpy or a 1-D integer
+            tensor) in ``range(group.size)`` in the order they must appear. Groups not named keep
+            every coordinate; a group is named once (as a ``Group`` or its index).
         inplace: resize the analysed model's own modules instead (to keep its class,
             e.g. for HF ``save_pretrained``), then check that its eager forward agrees
             with the pruned graph on the example inputs; on disagreement the model is
             restored and :class:`fxprune.checks.inplace.InPlaceMismatchError` says why.
+        check: certify the analysis with the permutation oracle (Note [Certified by default] in
+            ``fxprune/checks/certificate.py``; once per ``dg``): the result carries the
+            :class:`~fxprune.checks.Certificate` in ``.meta["fxprune.certificate"]`` and
+            ``.fxprune_certificate``; a mismatch raises :class:`OracleMismatchError`.
 
     Returns:
         A new ``torch.fx.GraphModule`` (the analysed model is not modified), or with
-        ``inplace=True`` the analysed model itself.
+        ``inplace=True`` the analysed model itself. It trains like the original, or refuses
+        ``train()`` where its graph froze a mode-dependent branch (Note [Training mode] in
+        ``fxprune/capture/modes.py``).
 
     Example::
 
@@ -141,15 +176,50 @@ def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False):
         >>> small = fxprune.apply(dg, {dg.groups[0]: [7, 1, 2]})
         >>> small.get_submodule("0")
         Linear(in_features=4, out_features=3, bias=True)
+        >>> small.fxprune_certificate.passed
+        True
     """
     atoms = {}
     for key, idx in keep.items():
         group = _resolve_group(dg, key)
+        if group.atom in atoms:
+            raise GroupMismatchError(f"{group.name} is given twice in keep (as a Group and as its index "
+                                     f"{group.index}?); name every group once")
         atoms[group.atom] = _keep_tensor(group, idx)
+    cert = certificate(dg) if check else None
     pruned = rewrite_graph(dg.gm, atoms)
     if not inplace:
+        _set_modes(dg, pruned)
+        if cert is not None:
+            attach(pruned, cert)
         return pruned
     from .checks.inplace import apply_inplace
 
     sizes = {dg.groups[i].size for i, g in enumerate(dg.groups) if g.atom in atoms and len(atoms[g.atom]) < g.size}
-    return apply_inplace(dg.model, dg, pruned, sizes)
+    model = apply_inplace(dg.model, dg, pruned, sizes)
+    if cert is not None:
+        attach(model, cert)
+    return model
+
+
+def certificate(dg: DependencyGraph):
+    """The permutation oracle's :class:`~fxprune.checks.Certificate` for ``dg``, computed once."""
+    cert = getattr(dg, "_certificate", None)
+    if cert is None:
+        cert = dg._certificate = certify(dg)
+    return cert
+
+
+def _set_modes(dg: DependencyGraph, pruned) -> None:
+    """The original's training flags where the graph can train; eval-only where it cannot. Also
+    the example the graph was captured with, for :func:`fxprune.save`."""
+    lifted = set(dg.lifted)
+    pruned.meta["fxprune.example"] = (tuple(x for i, x in enumerate(dg.example_args) if i not in lifted),
+                                      dict(dg.example_kwargs))
+    if getattr(dg, "train_refused", None):
+        refuse_train(pruned, dg.train_refused)
+        if getattr(dg, "training_flags", {}).get(""):
+            warnings.warn(f"{dg.source_name} is in train mode, but its pruned graph is returned in eval mode and "
+                          f"refuses train(): {dg.train_refused}", stacklevel=3)
+    else:
+        restore_flags(pruned, getattr(dg, "training_flags", {}))

@@ -29,3 +29,22 @@ class GroupMismatchError(FxPruneError, ValueError):
 
 class OracleMismatchError(FxPruneError, AssertionError):
     """A pruned model does not compute what the original computes."""
+
+
+class TrainModeError(FxPruneError):
+    """A pruned graph froze a mode-dependent branch in eval mode and cannot run in train mode."""
+
+
+class ExampleInputError(FxPruneError, ValueError):
+    """The model does not run on the example inputs, or they (or its outputs) are of an unsupported kind."""
+
+
+class MetaDeviceError(FxPruneError, ValueError):
+    """An operation needs tensor values, but the model's parameters are on the meta device."""
+
+
+class SaveError(FxPruneError, OSError):
+    """A model could not be saved to, or loaded from, a file."""
+
+
+__all__ += ["TrainModeError", "ExampleInputError", "MetaDeviceError", "SaveError"]

@@ -22,6 +22,7 @@ fail deep inside ``index_select``. Errors are :class:`InvalidKeepError`
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Mapping, Optional
 
 import torch
@@ -57,10 +58,10 @@ def keep_indices(keep: Any, size: int, name: str) -> torch.Tensor:
                                    f"{keep.dim()}-D {keep.dtype}; {fix}")
         idx = keep.to(torch.long).cpu()
     else:
-        items = list(keep)
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+        items = list(keep.tolist() if hasattr(keep, "tolist") and hasattr(keep, "dtype") else keep)  # numpy
+        if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in items):
             raise InvalidKeepError(f"keep-indices for {name} must be integers; {fix}")
-        idx = torch.tensor(items, dtype=torch.long)
+        idx = torch.tensor([int(i) for i in items], dtype=torch.long)
     if idx.numel() == 0:
         raise InvalidKeepError(f"keep-indices for {name} are empty: a group keeps at least one coordinate; {fix}")
     bad = idx[(idx < 0) | (idx >= size)]

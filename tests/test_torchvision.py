@@ -83,7 +83,7 @@ def test_remove_a_third(name):
     shapes_before = {k: v.shape for k, v in model.state_dict().items()}
     dg = _analyze_or_skip(model, inputs)
     assert dg.groups, f"{name}: no prunable group found"
-    pruned = fxprune.apply(dg, zoo.third_removed_keep(dg))
+    pruned = fxprune.apply(dg, zoo.third_removed_keep(dg), check=False)  # test_oracles_exact certifies
     with torch.no_grad():
         ref, out = model(*inputs), pruned(*inputs)
     assert _shapes(out) == _shapes(ref)

@@ -57,7 +57,7 @@ def check(m, kw, kw2):
     assert rep.permutation_error > 0, f"vacuous oracle\n{rep}"
     dg = fxprune.analyze(m, (), kw)
     assert "torch.export" in dg.front_end and "dynamic" in dg.front_end, dg.front_end
-    pruned = fxprune.apply(dg, third_keep(dg))
+    pruned = fxprune.apply(dg, third_keep(dg), check=False)  # verified above
     assert n_params(pruned) < n_params(m)
     with torch.no_grad():
         for k in (kw, kw2):

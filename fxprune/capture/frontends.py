@@ -1,6 +1,7 @@
 """Capture front-ends: an nn.Module or GraphModule becomes the GraphModule the passes analyse."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
@@ -16,9 +17,11 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from fxprune.passes.rewrite import plant
 
-from ..errors import CaptureError
+from ..checks.compare import plain_outputs, relative_error
+from ..errors import CaptureError, ExampleInputError
+from .modes import EXPORT_FROZEN, eval_copy, mode_difference, reads_training, train_refusal
 
-__all__ = ["capture", "Captured"]
+__all__ = ["capture", "Captured", "capture_exported"]
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
@@ -26,8 +29,10 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 class Captured:
     """A captured graph, which front-end made it, and the inputs it takes."""
 
-    def __init__(self, gm: fx.GraphModule, front_end: str, inputs: tuple, lifted: Sequence[int] = ()):
+    def __init__(self, gm: fx.GraphModule, front_end: str, inputs: tuple, lifted: Sequence[int] = (),
+                 train_refused: Optional[str] = None):
         self.gm, self.front_end, self.inputs, self.lifted = gm, front_end, inputs, tuple(lifted)
+        self.train_refused = train_refused  # why the pruned graph cannot run in train mode (Note [Training mode])
 
 
 class _Tracer(fx.Tracer):
@@ -57,10 +62,14 @@ def _user_frame(exc: BaseException) -> str:
     return f"\n  at {f.filename}:{f.lineno}, in {f.name}: `{(f.line or '').strip()}`"
 
 
-def _trace(model: nn.Module, leaves: Iterable) -> fx.GraphModule:
+def _trace(model: nn.Module, leaves: Iterable, watch: Optional[nn.Module] = None) -> fx.GraphModule:
+    """``symbolic_trace`` with leaves; ``watch``: an eval copy whose reads of ``training`` during the
+    trace (not while the GraphModule is built) are logged (see :func:`reads_training`)."""
     tracer = _Tracer(leaves)
     try:
-        graph = tracer.trace(model)
+        with reads_training(watch) if watch is not None else contextlib.nullcontext() as log:
+            graph = tracer.trace(model)
+        tracer.training_reads = log
     except Exception as e:
         path, kind = tracer.path_stack[-1] if tracer.path_stack else ("", type(model))
         where = f"module '{path}' ({getattr(kind, '__name__', kind)})" if path else f"{type(model).__name__}.forward"
@@ -72,7 +81,9 @@ def _trace(model: nn.Module, leaves: Iterable) -> fx.GraphModule:
             "(its channels are then pinned), or rewrite the data-dependent Python in its forward."
         ) from e
     name = model.__class__.__name__
-    return fx.GraphModule(tracer.root, graph, name)
+    gm = fx.GraphModule(tracer.root, graph, name)
+    gm.meta["fxprune.training_reads"] = getattr(tracer, "training_reads", None)
+    return gm
 
 
 def _source_name(node: fx.Node) -> str:
@@ -226,29 +237,135 @@ def capture(model: nn.Module, example_inputs: tuple, leaf_modules: Iterable = ()
             example_kwargs: Optional[dict] = None) -> Captured:
     """Capture ``model`` as a GraphModule the analysis can annotate without touching ``model``.
 
-    ``symbolic_trace`` first; where it fails (data-dependent Python, HF models)
-    or keyword inputs are given, a non-strict ``torch.export``.
+    ``symbolic_trace`` first, checked against the model (Note [Checked trace]); where it
+    fails, records a graph that does not reproduce the model, or keyword inputs are given,
+    a non-strict ``torch.export``. Always of an eval-mode copy (Note [Training mode]).
     """
     if isinstance(model, fx.GraphModule):
-        return _from_graph_module(model, tuple(example_inputs))
+        cap = _from_graph_module(eval_copy(model), tuple(example_inputs))
+        cap.train_refused = train_refusal(model)
+        return cap
     if isinstance(model, torch.export.ExportedProgram):
-        return _from_exported(model, tuple(example_inputs), dict(example_kwargs or {}))
+        cap = _from_exported(model, tuple(example_inputs), dict(example_kwargs or {}))
+        cap.train_refused = EXPORT_FROZEN
+        return cap
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module or fx.GraphModule, got {type(model).__name__}")
+    inputs, first_error = tuple(example_inputs), None
     if not example_kwargs:
         try:
-            return Captured(_trace(model, leaf_modules), "torch.fx.symbolic_trace", tuple(example_inputs))
+            return _checked_trace(model, inputs, leaf_modules)
         except CaptureError as trace_error:
-            if leaf_modules:
+            if leaf_modules and not isinstance(trace_error, _WrongTrace):
                 raise
             first_error = trace_error
-    else:
-        first_error = None
+    return capture_exported(model, inputs, example_kwargs, first_error)
+
+
+def capture_exported(model: nn.Module, inputs: tuple, kwargs: Optional[dict],
+                     first_error: Optional[Exception] = None) -> Captured:
+    """A non-strict ``torch.export`` of an eval-mode copy of ``model``; ``first_error`` says why
+    ``symbolic_trace`` was not used (it is named in the front end, or in the error if export fails)."""
     try:
-        return _export(model, tuple(example_inputs), dict(example_kwargs or {}))
+        cap = _export(eval_copy(model), inputs, dict(kwargs or {}))
     except Exception as e:
+        _refuse_bad_inputs(model, inputs, dict(kwargs or {}))  # the model itself fails: say that instead
         trace_msg = f"{first_error}\n" if first_error else ""
         raise CaptureError(
             f"{trace_msg}torch.export (non-strict) cannot capture {type(model).__name__} either: "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         ) from e
+    if isinstance(first_error, _WrongTrace):
+        cap.front_end += f" (symbolic_trace was not used: {first_error.short})"
+    cap.train_refused = EXPORT_FROZEN
+    return cap
+
+
+# Note [Checked trace]
+# ~~~~~~~~~~~~~~~~~~~~
+# symbolic_trace runs the forward on Proxies, so Python that inspects its inputs can take
+# another branch than the model does (``torch.jit.isinstance(x, torch.Tensor)`` is False for a
+# Proxy) and record a graph of another function. One eager and one graph forward on the example
+# (eval-mode copy, no grad, the same RNG seed) catch it: if the graph fails or its outputs differ,
+# the capture falls back to torch.export. Meta-device models compare output shapes only.
+
+class _WrongTrace(CaptureError):
+    def __init__(self, msg: str, short: str):
+        super().__init__(msg)
+        self.short = short
+
+
+def _checked_trace(model: nn.Module, inputs: tuple, leaves: Iterable) -> Captured:
+    clone = eval_copy(model)
+    gm = _trace(clone, leaves, watch=clone)
+    problem = _trace_mismatch(clone, gm, inputs)
+    if problem is not None:
+        raise _WrongTrace(f"torch.fx.symbolic_trace recorded a graph that does not compute what "
+                          f"{type(model).__name__} computes on the example inputs: {problem}", problem)
+    reads = gm.meta.pop("fxprune.training_reads", None)
+    refused = None if reads == [] else mode_difference(gm, lambda: _trace(eval_copy(model, training=True), leaves))
+    return Captured(gm, "torch.fx.symbolic_trace", inputs, train_refused=refused)
+
+
+def _on_meta(model: nn.Module, inputs: tuple) -> bool:
+    tensors = [*model.parameters(), *model.buffers(),
+               *(x for x in tree_flatten(inputs)[0] if isinstance(x, torch.Tensor))]
+    return any(t.is_meta for t in tensors)
+
+
+def _run_seeded(fn, inputs: tuple, kwargs: Optional[dict] = None):
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        return fn(*inputs, **(kwargs or {}))
+
+
+def _bad_inputs(model: nn.Module, inputs: tuple, kwargs: dict, e: Exception) -> ExampleInputError:
+    what = _describe((*inputs, *kwargs.values()))
+    return ExampleInputError(
+        f"{type(model).__name__} does not run on the example inputs ({what}): {type(e).__name__}: "
+        f"{str(e).splitlines()[0][:300] if str(e) else ''}\n"
+        "Fix: pass inputs of the shapes and dtypes the model's forward expects")
+
+
+def _refuse_bad_inputs(model: nn.Module, inputs: tuple, kwargs: dict) -> None:
+    """Raise :class:`ExampleInputError` if the eager model fails on the example (not on meta)."""
+    if _on_meta(model, (inputs, kwargs)):
+        return
+    try:
+        _run_seeded(eval_copy(model), inputs, kwargs)
+    except Exception as e:
+        raise _bad_inputs(model, inputs, kwargs, e) from e
+
+
+def _trace_mismatch(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> Optional[str]:
+    """Why ``gm`` does not reproduce ``model`` on ``inputs`` (None if it does)."""
+    meta = _on_meta(model, inputs)
+    try:
+        ref = plain_outputs(_run_seeded(model, inputs))
+    except Exception as e:
+        if meta:  # data-dependent Python cannot run on meta tensors: the analysis decides
+            return None
+        raise _bad_inputs(model, inputs, {}, e) from e
+    try:
+        out = plain_outputs(_run_seeded(gm, inputs))
+    except Exception as e:
+        return f"the traced graph fails on them ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+    if meta:
+        same = _shapes(ref) == _shapes(out)
+        return None if same else f"output shapes {_shapes(out)} instead of {_shapes(ref)}"
+    err = relative_error(ref, out)
+    tol = 1e-2 if any(t.dtype in (torch.float16, torch.bfloat16) for t in _tensors(ref)) else 1e-5
+    return None if err <= tol else f"outputs differ (max relative error {err:.2e})"
+
+
+def _tensors(out) -> list:
+    return [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+
+
+def _shapes(out):
+    return tree_flatten(tree_map(lambda t: tuple(t.shape) if isinstance(t, torch.Tensor) else t, out))[0]
+
+
+def _describe(inputs: tuple) -> str:
+    return ", ".join(f"{tuple(x.shape)} {str(x.dtype).replace('torch.', '')}" if isinstance(x, torch.Tensor)
+                     else type(x).__name__ for x in inputs) or "no inputs"

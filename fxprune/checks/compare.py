@@ -1,6 +1,7 @@
 """Comparing model outputs: the one measure every check uses."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -12,8 +13,8 @@ __all__ = ["relative_error", "plain_outputs"]
 
 def relative_error(ref, out) -> float:
     """Largest ``max|a - b| / max|a|`` over the tensors of two output structures."""
-    ra, sa = tree_flatten(ref)
-    rb, sb = tree_flatten(out)
+    ra, sa = tree_flatten(plain_outputs(ref))
+    rb, sb = tree_flatten(plain_outputs(out))
     if sa != sb or len(ra) != len(rb):
         return math.inf
     worst = 0.0
@@ -33,7 +34,10 @@ def relative_error(ref, out) -> float:
 
 
 def plain_outputs(out: Any) -> Any:
-    """Model outputs as plain containers (HF ModelOutput is a dict subclass)."""
+    """Model outputs as plain containers (HF ModelOutput is a dict subclass; a dataclass becomes
+    the dict of its fields)."""
+    if dataclasses.is_dataclass(out) and not isinstance(out, (type, dict)):
+        out = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
     if isinstance(out, dict):
         return {k: plain_outputs(v) for k, v in out.items() if v is not None}
     if isinstance(out, (tuple, list)):

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
@@ -21,8 +20,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from fxprune.passes import fold_registry, get_channel_meta, rewrite_graph, runnable
 
-from ..api import analyze
-from ..errors import OracleMismatchError
+from ..errors import MetaDeviceError, OracleMismatchError
 from .compare import relative_error
 
 __all__ = ["verify", "VerifyReport"]
@@ -91,7 +89,9 @@ def _random_keep(size: int, fraction_removed: float, gen: torch.Generator) -> to
 
 @torch.no_grad()
 def _zero_removed_consumers(gm: nn.Module, keep: dict) -> None:
-    params = dict(gm.named_parameters())
+    """Zero the removed coordinates of every tensor the graph contracts against them: parameters
+    and buffers alike (a buffer can be a conv weight)."""
+    params = {**dict(gm.named_buffers()), **dict(gm.named_parameters())}
     for node in gm.graph.nodes:
         for use in get_channel_meta(node).params:
             t = params.get(use.target)
@@ -102,6 +102,17 @@ def _zero_removed_consumers(gm: nn.Module, keep: dict) -> None:
                 mask = torch.ones(t.shape[d], dtype=torch.bool)
                 mask[kept] = False
                 t.index_fill_(d, mask.nonzero().flatten(), 0.0)
+
+
+def _refuse_meta(model: nn.Module, example_inputs) -> None:
+    tensors = [*model.parameters(), *model.buffers(),
+               *(x for x in tree_flatten(example_inputs)[0] if isinstance(x, torch.Tensor))]
+    if any(t.is_meta for t in tensors):
+        raise MetaDeviceError(
+            f"verify runs {type(model).__name__} on numbers, but its tensors (or the example inputs) are on the "
+            "meta device and carry no values. fxprune.analyze works on meta models; to verify, materialize the "
+            "model first (model.to_empty(device='cpu') and load its weights, or build it on the CPU) and pass "
+            "CPU example inputs")
 
 
 def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = None, *, seed: int = 0,
@@ -127,6 +138,9 @@ def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = No
         >>> fxprune.verify(net, (torch.randn(2, 3, 12, 12),)).passed
         True
     """
+    from ..api import analyze  # the checks sit below the verbs: no import circle
+
+    _refuse_meta(model, example_inputs)
     model64 = copy.deepcopy(model).double().eval()
     inputs = tree_map(_double, tuple(example_inputs) if not isinstance(example_inputs, torch.Tensor)
                       else (example_inputs,))

@@ -3,12 +3,17 @@
 MACs are half the FLOPs that ``torch.utils.flop_counter.FlopCounterMode`` counts
 on one real forward pass: convolutions (incl. transposed), linear layers,
 matmuls and attention kernels. Normalization and element-wise ops count 0.
+
+Every forward pass here runs an eval-mode structural copy of the model
+(Note [Training mode] in ``fxprune/capture/modes.py``): counting or timing a
+model in train mode never updates its BatchNorm statistics or flips a flag.
 """
 from __future__ import annotations
 
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -17,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fxprune.passes import runnable
 
+from ..capture.modes import eval_copy
 from ..graph import DependencyGraph
 
 __all__ = ["Count", "count", "count_macs", "count_params", "compare", "group_table", "latency"]
@@ -40,9 +46,16 @@ def _as_tuple(inputs) -> tuple:
     return (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
 
 
-def _module_flops(model: nn.Module, inputs: tuple) -> dict:
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(*inputs)
+def _forward(model: nn.Module, inputs: tuple, kwargs: Optional[dict]):
+    """One forward pass that cannot change ``model`` (eval-mode copy, no grad)."""
+    with torch.no_grad():
+        return eval_copy(model)(*inputs, **(kwargs or {}))
+
+
+def _module_flops(model: nn.Module, inputs: tuple, kwargs: Optional[dict] = None) -> dict:
+    """Each module's own FLOPs by qualified name; ``None`` holds the total."""
+    with FlopCounterMode(display=False) as fc:
+        _forward(model, inputs, kwargs)
     counts = {k: sum(v.values()) for k, v in fc.get_flop_counts().items()}
     total = counts.pop("Global", 0)
     root = type(model).__name__
@@ -50,7 +63,7 @@ def _module_flops(model: nn.Module, inputs: tuple) -> dict:
     for k, v in counts.items():
         if k.startswith(root + "."):
             named[k[len(root) + 1:]] = v
-    return _exclusive(named)
+    return {**_exclusive(named), None: fc.get_total_flops()}
 
 
 def _exclusive(named: dict) -> dict:
@@ -65,8 +78,8 @@ def _exclusive(named: dict) -> dict:
     return out
 
 
-def count_macs(model: nn.Module, example_inputs) -> int:
-    """Multiply-accumulates of one forward pass on ``example_inputs``.
+def count_macs(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = None) -> int:
+    """Multiply-accumulates of one forward pass on ``example_inputs`` (and ``example_kwargs``).
 
     Example::
 
@@ -74,13 +87,12 @@ def count_macs(model: nn.Module, example_inputs) -> int:
         >>> fxprune.count_macs(torch.nn.Linear(4, 8), (torch.randn(2, 4),))
         64
     """
-    inputs = _as_tuple(example_inputs)
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(*inputs)
+    with FlopCounterMode(display=False) as fc:
+        _forward(model, _as_tuple(example_inputs), example_kwargs)
     return fc.get_total_flops() // 2
 
 
-def count(model: nn.Module, example_inputs) -> Count:
+def count(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = None) -> Count:
     """Parameters and MACs, in total and per module.
 
     Example::
@@ -91,21 +103,21 @@ def count(model: nn.Module, example_inputs) -> Count:
         (58, 48, (18, 16))
     """
     inputs = _as_tuple(example_inputs)
-    flops = _module_flops(model, inputs)
+    flops = _module_flops(model, inputs, example_kwargs)
     layers = {}
-    for name, mod in model.named_modules():
+    for name, mod in model.named_modules():  # names are strings: the total (None) is not a layer
         p = sum(t.numel() for t in mod.parameters(recurse=False))
         m = flops.get(name, 0) // 2
         if p or m:
             layers[name] = (p, m)
-    return Count(count_params(model), count_macs(model, inputs), layers)
+    return Count(count_params(model), flops[None] // 2, layers)
 
 
 def _pct(a: int, b: int) -> str:
     return f"{b / a:.1%}" if a else "-"
 
 
-def compare(original: nn.Module, pruned: nn.Module, example_inputs) -> str:
+def compare(original: nn.Module, pruned: nn.Module, example_inputs, example_kwargs: Optional[dict] = None) -> str:
     """A table of parameters and MACs per layer and in total, before and after pruning.
 
     Layers are matched by qualified name (``fxprune.apply`` keeps module names).
@@ -118,7 +130,7 @@ def compare(original: nn.Module, pruned: nn.Module, example_inputs) -> str:
         >>> print(fxprune.compare(net, small, (torch.randn(1, 4),)).splitlines()[-1])
         total          58        30  51.7%       48        24  50.0%
     """
-    a, b = count(original, example_inputs), count(pruned, example_inputs)
+    a, b = count(original, example_inputs, example_kwargs), count(pruned, example_inputs, example_kwargs)
     rows = []
     for name in list(a.layers) + [n for n in b.layers if n not in a.layers]:
         (pa, ma), (pb, mb) = a.layers.get(name, (0, 0)), b.layers.get(name, (0, 0))
@@ -135,7 +147,8 @@ def group_table(dg: DependencyGraph, keep: dict | None = None, example_inputs=No
     modules owning the group's parameters are listed too.
     """
     keep = {g.atom: torch.as_tensor(v) for g, v in (keep or {}).items()}
-    flops = _module_flops(runnable(dg.gm), _as_tuple(example_inputs)) if example_inputs is not None else None
+    flops = _module_flops(runnable(dg.gm), _as_tuple(example_inputs), dg.example_kwargs) \
+        if example_inputs is not None else None
     params = dict(dg.gm.named_parameters())
     rows = []
     for g in dg.groups:
@@ -159,9 +172,9 @@ def _only(keep: dict, atom: int) -> dict:
     return {atom: keep[atom]} if atom in keep else {}
 
 
-def latency(model: nn.Module, example_inputs, *, warmup: int = 3, repeats: int = 20,
-            threads: int | None = None) -> dict:
-    """CPU wall-clock latency of one forward pass, in milliseconds.
+def latency(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = None, *, warmup: int = 3,
+            repeats: int = 20, threads: int | None = None) -> dict:
+    """CPU wall-clock latency of one forward pass in eval mode, in milliseconds.
 
     Returns ``{"median_ms", "min_ms", "mean_ms"}`` over ``repeats`` timed runs after ``warmup``.
 
@@ -171,18 +184,18 @@ def latency(model: nn.Module, example_inputs, *, warmup: int = 3, repeats: int =
         >>> sorted(fxprune.latency(torch.nn.Linear(4, 4), (torch.randn(1, 4),), repeats=3))
         ['mean_ms', 'median_ms', 'min_ms']
     """
-    inputs = _as_tuple(example_inputs)
+    inputs, kwargs, model = _as_tuple(example_inputs), dict(example_kwargs or {}), eval_copy(model)
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         with torch.no_grad():
             for _ in range(warmup):
-                model(*inputs)
+                model(*inputs, **kwargs)
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                model(*inputs)
+                model(*inputs, **kwargs)
                 times.append((time.perf_counter() - t0) * 1e3)
     finally:
         torch.set_num_threads(old)

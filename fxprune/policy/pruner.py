@@ -14,6 +14,9 @@ there). ``schedule(k, N, final)`` gives the cumulative fraction removed after
 step k: of each group for a ratio, of the MACs/params for a target. The ratio
 of a step is taken relative to what is left, so the schedule is followed with
 respect to the original model.
+
+One step on an analysed model is :func:`prune_step` (score, select, search the
+target, rewrite, certify); :func:`prune` is analyse + ``prune_step`` per step.
 """
 from __future__ import annotations
 
@@ -23,16 +26,18 @@ from typing import Callable, Iterable, Optional, Union
 
 import torch.fx as fx
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from fxprune.passes import runnable
 
-from ..api import analyze, apply
+from ..api import analyze, apply, name_list
+from ..errors import MetaDeviceError
 from .counting import count_macs, count_params
-from .importance import Taylor, get_importance
+from .importance import Random, Taylor, get_importance
 from .selection import group_ratios, select_global, select_local
 from .stats import collect_stats
 
-__all__ = ["PruneConfig", "prune", "score_groups", "plan", "SCHEDULES"]
+__all__ = ["PruneConfig", "PruneStep", "prune", "prune_step", "score_groups", "plan", "SCHEDULES"]
 
 SCHEDULES: dict = {
     "linear": lambda k, n, final: final * k / n,
@@ -97,8 +102,8 @@ class PruneConfig:
         for t in (self.target_macs, self.target_params):
             _check(t is None or t > 0, f"targets must be positive, got {t}")
         _check(0.0 < self.tolerance < 0.5, f"tolerance must be in (0, 0.5), got {self.tolerance}")
-        object.__setattr__(self, "ignore", tuple(self.ignore))
-        object.__setattr__(self, "leaf_modules", tuple(self.leaf_modules))
+        object.__setattr__(self, "ignore", name_list(self.ignore, "ignore"))
+        object.__setattr__(self, "leaf_modules", name_list(self.leaf_modules, "leaf_modules"))
         get_importance(self.importance)  # unknown names fail here, not after analysis
 
 
@@ -136,33 +141,36 @@ def plan(dg, scores: dict, cfg: PruneConfig, ratio: Optional[float] = None) -> d
     return select_local(scores, group_ratios(dg, cfg, ratio), cfg)
 
 
-def _counter(cfg: PruneConfig, inputs) -> Optional[Callable]:
+def _counter(cfg: PruneConfig, inputs, kwargs: Optional[dict] = None) -> Optional[Callable]:
     if cfg.target_macs is not None:
-        return lambda m: count_macs(m, inputs)
+        return lambda m: count_macs(m, inputs, kwargs)
     if cfg.target_params is not None:
         return count_params
     return None
 
 
-def _search(dg, scores, cfg, counter, target: float) -> dict:
+def _search(dg, scores, cfg, counter, target: float, progress: bool = False) -> dict:
     """Bisection on the ratio until ``counter(pruned)`` is within ``tolerance`` of ``target``."""
     if counter(runnable(dg.gm)) <= target * (1 + cfg.tolerance):
         return {}
     lo, hi = 0.0, 1.0 - 1e-6
-    floor = counter(apply(dg, plan(dg, scores, cfg, hi)))
+    floor = counter(apply(dg, plan(dg, scores, cfg, hi), check=False))
     if floor > target * (1 + cfg.tolerance):
         raise ValueError(f"target {target:.4g} is unreachable: pruning every prunable group as far as the "
                          f"limits allow (max_ratio, min_keep, round_to, ignore) leaves {floor}; "
                          "relax the limits or raise the target")
     closest = None
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        best = plan(dg, scores, cfg, mid)
-        got = counter(apply(dg, best))
-        if abs(got - target) <= cfg.tolerance * target:
-            return best
-        closest = min(closest or (got, mid), (got, mid), key=lambda t: abs(t[0] - target))
-        lo, hi = (mid, hi) if got > target else (lo, mid)
+    with tqdm(total=40, desc="target search", unit="probe", leave=False, disable=not progress) as bar:
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            best = plan(dg, scores, cfg, mid)
+            got = counter(apply(dg, best, check=False))
+            bar.update(1)
+            bar.set_postfix_str(f"ratio {mid:.3f}: {got:.4g} for {target:.4g}")
+            if abs(got - target) <= cfg.tolerance * target:
+                return best
+            closest = min(closest or (got, mid), (got, mid), key=lambda t: abs(t[0] - target))
+            lo, hi = (mid, hi) if got > target else (lo, mid)
     raise ValueError(f"target {target:.4g} is not reachable within {cfg.tolerance:.0%}: the closest count is "
                      f"{closest[0]} (ratio {closest[1]:.3f}); the groups are too coarse, try scope='global', "
                      "round_to=1 or a larger tolerance")
@@ -195,20 +203,100 @@ def _absolute(target: float, original: int) -> float:
     return t
 
 
-def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None, *, data=None, loss_fn=None,
-          callback: Optional[Callable] = None, **options) -> fx.GraphModule:
-    """Prune ``model`` structurally: score groups, pick channels, rewrite. ``model`` is not modified.
+@dataclass
+class PruneStep:
+    """What one :func:`prune_step` did.
+
+    Attributes:
+        model: the pruned ``fx.GraphModule``.
+        keep: ``{group: kept indices}`` for the groups that lost coordinates.
+        target: the absolute MACs/parameter count aimed at, or None for a ratio.
+        certificate: the :class:`~fxprune.checks.Certificate` (None with ``check=False``).
+    """
+
+    model: fx.GraphModule
+    keep: dict
+    target: Optional[float] = None
+    certificate: Optional[object] = None
+
+
+def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[float] = None, data=None, loss_fn=None,
+               scores: Optional[dict] = None, check: bool = True, progress: bool = False, **options) -> PruneStep:
+    """One pruning step on an analysed model: score, select (search the target), rewrite, certify.
 
     Args:
-        model: an ``nn.Module`` or ``fx.GraphModule`` (see :func:`fxprune.analyze`).
-        example_inputs: tuple of positional inputs (also used to count MACs).
+        dg: a :class:`fxprune.DependencyGraph` from :func:`fxprune.analyze`.
         config: a :class:`PruneConfig`; keyword ``options`` override its fields.
+            ``iterative_steps`` is ignored (use :func:`prune`).
+        target: the absolute MACs/parameter count to reach; default: ``target_macs``/``target_params``
+            of the config, relative to the analysed model.
+        data, loss_fn: for data-driven criteria, see :func:`prune`.
+        scores: ``{group: scores}`` computed already (skips scoring).
+        check: certify with the permutation oracle (see :func:`fxprune.apply`).
+        progress: show a tqdm bar over the target search probes (stderr).
+
+    Returns:
+        A :class:`PruneStep`.
+
+    Example::
+
+        >>> import torch, fxprune
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+        >>> dg = fxprune.analyze(net, (torch.randn(1, 4),))
+        >>> step = fxprune.prune_step(dg, ratio=0.25)
+        >>> step.model.get_submodule("0").out_features, [len(k) for k in step.keep.values()]
+        (12, [12])
+        >>> step.certificate.passed
+        True
+    """
+    cfg = dataclasses.replace(config, **options) if config is not None else PruneConfig(**options)
+    crit = get_importance(cfg.importance)
+    _refuse_meta(dg.model if isinstance(dg.model, nn.Module) else dg.gm, crit)
+    if scores is None:
+        scores = score_groups(dg, crit, data=data, loss_fn=loss_fn)
+    counter = _counter(cfg, dg.example_args, dg.example_kwargs)
+    if counter is not None and target is None:
+        source = dg.model if isinstance(dg.model, nn.Module) and not dg.lifted else runnable(dg.gm)
+        target = _absolute(cfg.target_macs or cfg.target_params, counter(source))
+    keep = _search(dg, scores, cfg, counter, target, progress) if counter is not None else plan(dg, scores, cfg)
+    model = apply(dg, keep, check=check)
+    return PruneStep(model, keep, target, getattr(model, "fxprune_certificate", None))
+
+
+def _refuse_meta(model: nn.Module, crit) -> None:
+    if isinstance(crit, Random) or not any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        return
+    raise MetaDeviceError(
+        f"{type(model).__name__}'s parameters are on the meta device and carry no values, so the importance "
+        f"criterion {type(crit).__name__} has nothing to score. fxprune.analyze works on meta models; to prune, "
+        "materialize the weights first (model.to_empty(device='cpu') and load a state dict), or use "
+        "importance='random' for a plan without scores")
+
+
+def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None, *,
+          example_kwargs: Optional[dict] = None, data=None, loss_fn=None, callback: Optional[Callable] = None,
+          check: bool = True, progress: bool = False, **options) -> fx.GraphModule:
+    """Prune ``model`` structurally: score groups, pick channels, rewrite, certify. ``model`` is not modified.
+
+    Args:
+        model: an ``nn.Module`` or ``fx.GraphModule`` (see :func:`fxprune.analyze`), in any mode.
+        example_inputs: tuple of positional inputs (also used to count MACs and to certify).
+        config: a :class:`PruneConfig`; keyword ``options`` override its fields.
+        example_kwargs: keyword inputs, passed to the analysis, the MAC count and the check.
         data: batches for data-driven criteria (``taylor``, ``hessian``); re-read at every step.
         loss_fn: ``(model, batch) -> loss``; default cross-entropy on ``(x, y)`` batches.
         callback: ``callback(step, model)`` after every step (1-based); may return a replacement model.
+        check: certify every step with the permutation oracle in float64 (Note [Certified by default]
+            in ``fxprune/checks/certificate.py``); the result's ``.fxprune_certificate`` says what was
+            checked. ``False`` skips it.
+        progress: tqdm bars over the steps and the target search probes (stderr).
 
     Returns:
-        The pruned ``fx.GraphModule``.
+        The pruned ``fx.GraphModule``: it trains like ``model`` or refuses ``train()`` (Note
+        [Training mode] in ``fxprune/capture/modes.py``).
+
+    Raises:
+        OracleMismatchError: the certificate failed (a rule misses a coupling; please report it).
 
     Example::
 
@@ -218,6 +306,8 @@ def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None
         >>> small = fxprune.prune(net, x, ratio=0.5, importance="l1", round_to=4)
         >>> small.get_submodule("0").out_channels
         8
+        >>> small.fxprune_certificate.passed
+        True
         >>> half = fxprune.prune(net, x, target_macs=0.5, scope="global")
         >>> abs(fxprune.count_macs(half, x) / fxprune.count_macs(net, x) - 0.5) <= 0.01
         True
@@ -227,16 +317,17 @@ def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None
     if crit.needs_data and data is None:
         raise ValueError(f"importance {cfg.importance!r} needs gradients: pass data=[(inputs, labels), ...] "
                          "and, unless batches are (x, y) for cross-entropy, loss_fn=lambda model, batch: loss")
-    counter = _counter(cfg, example_inputs)
+    _refuse_meta(model, crit)
+    counter = _counter(cfg, example_inputs, example_kwargs)
     original = counter(model) if counter else None
     sched = SCHEDULES.get(cfg.schedule, cfg.schedule) if isinstance(cfg.schedule, str) else cfg.schedule
     current = model
-    for k in range(1, cfg.iterative_steps + 1):
+    n = cfg.iterative_steps
+    for k in tqdm(range(1, n + 1), desc="pruning steps", unit="step", leave=False, disable=not progress or n == 1):
         step_cfg, target = _step_config(cfg, k, sched, original)
-        dg = analyze(current, example_inputs, leaf_modules=cfg.leaf_modules)
-        scores = score_groups(dg, crit, data=data, loss_fn=loss_fn)
-        keep = _search(dg, scores, step_cfg, counter, target) if target else plan(dg, scores, step_cfg)
-        current = apply(dg, keep)
+        dg = analyze(current, example_inputs, example_kwargs, leaf_modules=cfg.leaf_modules)
+        step = prune_step(dg, step_cfg, target=target, data=data, loss_fn=loss_fn, check=check, progress=progress)
+        current = step.model
         if callback is not None:
             current = callback(k, current) or current
     return current

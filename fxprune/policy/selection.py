@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from operator import attrgetter
 from typing import Iterable
 
 import torch
@@ -43,6 +44,13 @@ def _owner(dg: DependencyGraph, target: str):
         return prefix, None
 
 
+def _tensor(dg: DependencyGraph, target: str):
+    try:
+        return attrgetter(target)(dg.gm)
+    except AttributeError:
+        return None
+
+
 def _name_matches(pattern: str, target: str) -> bool:
     prefix = target.rpartition(".")[0]
     if any(c in pattern for c in "*?["):
@@ -57,8 +65,9 @@ def _matcher(dg: DependencyGraph, entry, params: dict):
         return lambda t: isinstance(_owner(dg, t)[1], entry)
     if isinstance(entry, nn.Parameter):
         return lambda t: params.get(t) is entry
-    if isinstance(entry, nn.Module):
-        return lambda t: _owner(dg, t)[1] is entry
+    if isinstance(entry, nn.Module):  # the graph holds an eval-mode copy of it: match by its own tensors
+        own = {id(x) for x in (*entry.parameters(recurse=False), *entry.buffers(recurse=False))}
+        return lambda t: _owner(dg, t)[1] is entry or id(params.get(t, _tensor(dg, t))) in own
     raise TypeError(f"ignore entries are module names, parameter names, module types, modules or "
                     f"parameters; got {type(entry).__name__}")
 

@@ -8,6 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils._pytree import tree_map
 
+from ..capture.modes import eval_copy
+
 __all__ = ["collect_stats", "default_loss"]
 
 
@@ -36,8 +38,10 @@ def collect_stats(model: nn.Module, data: Iterable, loss_fn: Optional[Callable] 
                   fisher: bool = False, fisher_samples: int = 64, per_batch: bool = False) -> dict:
     """Average gradient (and empirical-Fisher diagonal) of every parameter over ``data``.
 
-    Runs in eval mode (no BatchNorm statistic is updated; the training flags are
-    restored) and leaves every ``.grad`` untouched.
+    Runs an eval-mode structural copy of ``model`` (Note [Training mode] in
+    ``fxprune/capture/modes.py``): no BatchNorm statistic is updated, no flag is
+    flipped (graphs from ``torch.export`` refuse ``eval()``), and every ``.grad``
+    is left untouched. ``loss_fn`` receives that copy.
 
     Args:
         model: the model whose parameters are scored (e.g. ``dg.gm``).
@@ -60,8 +64,7 @@ def collect_stats(model: nn.Module, data: Iterable, loss_fn: Optional[Callable] 
     """
     loss_fn = loss_fn or default_loss
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
+    model = eval_copy(model)  # shares the parameters: gradients are theirs
     out = {n: {"grad": torch.zeros_like(p)} for n, p in params.items()}
     if per_batch:
         for st in out.values():
@@ -70,23 +73,19 @@ def collect_stats(model: nn.Module, data: Iterable, loss_fn: Optional[Callable] 
         for n, p in params.items():
             out[n]["fisher"] = torch.zeros_like(p)
     batches = samples = 0
-    try:
-        for batch in data:
-            batches += 1
-            for n, g in _grads(model, params, loss_fn(model, batch)):
-                if g is not None:
-                    out[n]["grad"] += g.detach()
-                if per_batch:
-                    out[n]["batch_grads"].append(torch.zeros_like(params[n]) if g is None else g.detach())
-            if fisher:
-                for one in _samples(batch, fisher_samples):
-                    samples += 1
-                    for n, g in _grads(model, params, loss_fn(model, one)):
-                        if g is not None:
-                            out[n]["fisher"] += g.detach().pow(2)
-    finally:
-        for m, t in flags.items():
-            m.training = t
+    for batch in data:
+        batches += 1
+        for n, g in _grads(model, params, loss_fn(model, batch)):
+            if g is not None:
+                out[n]["grad"] += g.detach()
+            if per_batch:
+                out[n]["batch_grads"].append(torch.zeros_like(params[n]) if g is None else g.detach())
+        if fisher:
+            for one in _samples(batch, fisher_samples):
+                samples += 1
+                for n, g in _grads(model, params, loss_fn(model, one)):
+                    if g is not None:
+                        out[n]["fisher"] += g.detach().pow(2)
     if batches == 0:
         raise ValueError("data yielded no batch: pass a non-empty iterable of batches")
     for st in out.values():

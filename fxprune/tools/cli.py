@@ -2,7 +2,12 @@
 
 With no MODEL it prunes the built-in DemoNet (no download, no optional
 dependency, a few seconds), prints per-group and per-layer tables, CPU latency
-before and after, and checks the analysis with both exactness oracles.
+before and after, and checks the result with both exactness oracles.
+
+A run is four steps: load (the model and its example inputs), analyse,
+prune (one :func:`fxprune.prune_step`, or :func:`fxprune.prune` for iterative
+steps; both certify by default), report (tables, save, plot). Every failure
+maps to one exit code (``_EXIT_FOR``) and a message; ``--debug`` adds the traceback.
 """
 from __future__ import annotations
 
@@ -10,39 +15,55 @@ import argparse
 import contextlib
 import io
 import logging
+import os
 import sys
 import time
+import traceback
 import warnings
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_CODES"]
 
-EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_CAPTURE = 0, 1, 2, 3
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_CAPTURE, EXIT_MODEL, EXIT_OUTPUT, EXIT_MISSING = 0, 1, 2, 3, 4, 5, 6
+EXIT_INTERNAL, EXIT_INTERRUPTED = 70, 130
+EXIT_CODES = {
+    EXIT_OK: "pruned (and, unless --no-verify, certified and both oracles exact)",
+    EXIT_MISMATCH: "oracle mismatch: the analysis misses a coupling (please report it)",
+    EXIT_USAGE: "bad usage: bad ratio/option, unknown model, missing factory, unreachable target",
+    EXIT_CAPTURE: "capture failure: the model cannot be traced into an FX graph (try --leaf NAME)",
+    EXIT_MODEL: "the model does not run on its example inputs (wrong shape or rank, unsupported input or "
+                "output kind) or is on the meta device where values are needed",
+    EXIT_OUTPUT: "cannot write --save/--plot: missing directory, no permission, model not serializable",
+    EXIT_MISSING: "a missing optional package (torchvision, timm, matplotlib)",
+    EXIT_INTERNAL: "internal error: a bug in fxprune (please report it with the --debug output)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
 
 _EPILOG = """\
 MODEL:
   (none) or demo          the built-in DemoNet, input 2x3x32x32
   resnet18                a torchvision model (weights=None), input 1x3x224x224
   timm:vit_tiny_patch16_224, or a timm name torchvision does not know (weights not downloaded)
-  path/to/file.py:factory factory() returns a module or (module, example_inputs)
+  path/to/file.py:factory factory() returns a module or (module, example_inputs); a dict of
+                          example inputs is passed as keywords
 
 exit codes:
-  0  pruned (and, unless --no-verify, both oracles exact)
-  1  oracle mismatch: the analysis misses a coupling (please report it)
-  2  bad usage or input: bad ratio/option, unknown model, missing factory, unreachable target,
-     missing optional package (torchvision/timm)
-  3  capture failure: the model cannot be traced into an FX graph (try --leaf NAME)
+{codes}
 
-verification runs both oracles on a float64 copy of the model: about 3 extra forward passes and
-2-3x the model's memory; on large models (>100M params or big inputs) it can take minutes, skip it
-with --no-verify.
+checks: the pruned model carries a certificate (the permutation oracle on the analysis it was pruned
+with, on a float64 copy, or in float32 when that copy does not fit in memory), and both oracles run
+again on a fresh float64 analysis: about 5 extra forward passes and 2-3x the model's memory; on large
+models (>100M params or big inputs) that can take minutes; --no-verify skips both.
 """
 
 
 def _parser() -> argparse.ArgumentParser:
+    codes = "\n".join(f"  {k:<3} {v}" for k, v in EXIT_CODES.items())
     p = argparse.ArgumentParser(prog="fxprune", description=__doc__.split("\n\n")[1].replace("\n", " "),
-                                epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=_EPILOG.format(codes=codes), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", default=None, metavar="MODEL", help="what to prune (default: DemoNet)")
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (default: the model's)")
     amount = p.add_mutually_exclusive_group()
@@ -71,9 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", action="store_true",
                    help="capture each distinct repeated block (ModuleList/Sequential layers) once: deep models")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialization and inputs")
-    p.add_argument("--save", metavar="PATH", help="write the pruned GraphModule here (torch.save; "
-                                                  "load with torch.load(PATH, weights_only=False))")
-    p.add_argument("--no-verify", action="store_true", help="skip the float64 oracles (see below for the cost)")
+    p.add_argument("--save", metavar="PATH", help="write the pruned model here with fxprune.save (a .pt2 "
+                                                  "ExportedProgram; load it with fxprune.load(PATH))")
+    p.add_argument("--plot", metavar="FILE", help="write a PNG of per-layer widths before and after (matplotlib)")
+    p.add_argument("--no-verify", action="store_true", help="skip the certificate and the float64 oracles")
     p.add_argument("--latency-runs", type=int, default=20, metavar="N",
                    help="timed CPU forward passes before/after (median; 0 skips; default 20)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
@@ -82,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--groups", action="store_true", help="also print every group's members and layouts")
     p.add_argument("--no-tables", action="store_true", help="skip the per-group and per-layer tables")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, print only the summary line")
+    p.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     return p
 
 
@@ -91,9 +114,25 @@ class _Fail(Exception):
         self.code = code
 
 
+def _exit_for():
+    """(exception class, exit code), first match wins: which failure is which."""
+    from ..errors import CaptureError, ExampleInputError, MetaDeviceError, OracleMismatchError, SaveError
+    from .zoo import MissingPackageError, SpecError
+    return [(OracleMismatchError, EXIT_MISMATCH), (MissingPackageError, EXIT_MISSING), (SpecError, EXIT_USAGE),
+            (CaptureError, EXIT_CAPTURE), (ExampleInputError, EXIT_MODEL), (MetaDeviceError, EXIT_MODEL),
+            (SaveError, EXIT_OUTPUT), (OSError, EXIT_OUTPUT), (ValueError, EXIT_USAGE), (KeyError, EXIT_USAGE)]
+
+
+def _exit_code(e: BaseException) -> int:
+    if isinstance(e, _Fail):
+        return e.code
+    return next((code for cls, code in _exit_for() if isinstance(e, cls)), EXIT_INTERNAL)
+
+
 class _Progress:
     def __init__(self, quiet: bool):
         self.quiet, self.t0 = quiet, time.perf_counter()
+        self.bars = not quiet and sys.stderr.isatty()  # tqdm bars only on a terminal
 
     def __call__(self, msg: str) -> None:
         if not self.quiet:
@@ -106,6 +145,8 @@ def _si(n: float) -> str:
             return f"{n / div:.2f}{unit}"
     return f"{n:g}"
 
+
+# -- step 0: options ------------------------------------------------------------------------------
 
 def _config(args):
     from ..policy.pruner import PruneConfig
@@ -121,20 +162,69 @@ def _config(args):
         raise _Fail(EXIT_USAGE, str(e).strip("'\""))
 
 
-def _calibration(loaded, n: int, say):
+def _check_options(args, cfg) -> None:
+    from ..policy.importance import get_importance
+    if get_importance(cfg.importance).needs_data and args.calib_batches <= 0:
+        raise _Fail(EXIT_USAGE, f"importance {args.importance!r} needs gradients: pass --calib-batches N "
+                                "(random inputs labelled by the model itself) or use the Python API with data")
+    if args.latency_runs < 0:
+        raise _Fail(EXIT_USAGE, "--latency-runs must be >= 0")
+    if args.threads is not None and args.threads < 1:
+        raise _Fail(EXIT_USAGE, "--threads must be >= 1")
+    for flag, path in (("--save", args.save), ("--plot", args.plot)):  # fail now, not after the whole run
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not os.path.isdir(folder):
+            raise _Fail(EXIT_OUTPUT, f"{flag} {path}: the directory {folder} does not exist; create it first")
+        if folder and not os.access(folder, os.W_OK):
+            raise _Fail(EXIT_OUTPUT, f"{flag} {path}: the directory {folder} is not writable")
+    if args.plot:
+        import importlib.util
+        if importlib.util.find_spec("matplotlib") is None:
+            raise _Fail(EXIT_MISSING, "--plot needs matplotlib: pip install 'fxprune[plot]'")
+
+
+# -- step 1: load -----------------------------------------------------------------------------------
+
+@dataclass
+class _Loaded:
+    model: torch.nn.Module
+    args: tuple
+    kwargs: dict
+    label: str
+
+
+def _load(args, say) -> _Loaded:
+    from .zoo import load_model, parse_shape
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    say(f"building {args.model or 'DemoNet'}")
+    loaded = load_model(args.model, shape, args.seed)
+    return _Loaded(loaded.model, tuple(loaded.inputs), dict(loaded.kwargs or {}), loaded.label)
+
+
+def _describe(m: _Loaded) -> str:
+    items = [*m.args, *m.kwargs.values()]
+    return ", ".join("x".join(map(str, x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
+                     for x in items) or "no inputs"
+
+
+def _calibration(m: _Loaded, n: int, say):
     """N random batches shaped like the example input, labelled by the model's own argmax."""
-    x0 = loaded.inputs[0]
+    from ..capture.modes import eval_copy
+    model = eval_copy(m.model)
+    if m.kwargs or len(m.args) != 1 or not m.args[0].is_floating_point():
+        raise _Fail(EXIT_USAGE, "--calib-batches makes random batches like one float input; this model takes "
+                                "other inputs: use the Python API with your own data")
     with torch.no_grad():
-        out = loaded.model(*loaded.inputs)
+        out = model(*m.args)
     if not (isinstance(out, torch.Tensor) and out.dim() == 2):
         raise _Fail(EXIT_USAGE, "--calib-batches makes labels from a classifier's (batch, classes) output; "
                                 "this model's output is not one: use the Python API with your own data")
-    gen = torch.Generator().manual_seed(1234)
+    gen, x0 = torch.Generator().manual_seed(1234), m.args[0]
     batches = []
     for _ in range(n):
         x = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
         with torch.no_grad():
-            batches.append((x, loaded.model(x).argmax(1)))
+            batches.append((x, model(x).argmax(1)))
 
     class _Counted:
         def __iter__(self):
@@ -144,173 +234,150 @@ def _calibration(loaded, n: int, say):
     return _Counted()
 
 
-def _run(args, say) -> tuple:
-    from .. import analyze, apply, verify
-    from ..policy.counting import compare, count_macs, count_params, group_table, latency
-    from ..errors import CaptureError
+# -- step 2: analyse --------------------------------------------------------------------------------
+
+def _analyse(args, m: _Loaded, cfg, say):
+    from .. import analyze
+    say(f"capturing and analysing {m.label} (input {_describe(m)})")
+    t = time.perf_counter()
+    # torch.export prints the whole graph to stderr when it gives up; the CaptureError says it better
+    with contextlib.redirect_stderr(io.StringIO()):
+        dg = analyze(m.model, m.args, m.kwargs, leaf_modules=cfg.leaf_modules, fold=args.fold)
+    say(f"{len(dg.groups)} groups ({time.perf_counter() - t:.2f} s)")
+    return dg, time.perf_counter() - t
+
+
+# -- step 3: prune ----------------------------------------------------------------------------------
+
+@dataclass
+class _Pruned:
+    model: torch.nn.Module
+    keep: Optional[dict]
+    seconds: float
+    certificate: object
+
+
+def _prune(args, m: _Loaded, dg, cfg, say) -> _Pruned:
+    from .. import prune, prune_step
+    from ..policy.counting import count_params
     from ..policy.importance import get_importance
-    from ..policy.pruner import _absolute, _counter, _search, plan, prune, score_groups
-    from .zoo import SpecError, load_model, parse_shape
-
-    cfg = _config(args)
-    crit = get_importance(cfg.importance)
-    if crit.needs_data and args.calib_batches <= 0:
-        raise _Fail(EXIT_USAGE, f"importance {args.importance!r} needs gradients: pass --calib-batches N "
-                                "(random inputs labelled by the model itself) or use the Python API with data")
-    if args.latency_runs < 0:
-        raise _Fail(EXIT_USAGE, "--latency-runs must be >= 0")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise _Fail(EXIT_USAGE, "--threads must be >= 1")
-        torch.set_num_threads(args.threads)
-    try:
-        shape = parse_shape(args.input_shape) if args.input_shape else None
-        say(f"building {args.model or 'DemoNet'}")
-        loaded = load_model(args.model, shape, args.seed)
-    except SpecError as e:
-        raise _Fail(EXIT_USAGE, str(e))
-    model, inputs, label = loaded.model, loaded.inputs, loaded.label
-    data = _calibration(loaded, args.calib_batches, say) if crit.needs_data else None
-
-    say(f"capturing and analysing {label} (input {'x'.join(map(str, inputs[0].shape))})")
+    data = _calibration(m, args.calib_batches, say) if get_importance(cfg.importance).needs_data else None
+    check = not args.no_verify
     t = time.perf_counter()
-    try:
-        # torch.export prints the whole graph to stderr when it gives up; the CaptureError says it better
-        with contextlib.redirect_stderr(io.StringIO()):
-            dg = analyze(model, inputs, leaf_modules=cfg.leaf_modules, fold=args.fold)
-    except CaptureError as e:
-        raise _Fail(EXIT_CAPTURE, str(e))
-    except ValueError as e:  # e.g. a --leaf that names no submodule
-        raise _Fail(EXIT_USAGE, str(e))
-    t_analyze = time.perf_counter() - t
-    say(f"{len(dg.groups)} groups ({t_analyze:.2f} s); counting parameters and MACs")
-    params0, macs0 = count_params(model), count_macs(model, inputs)
+    if cfg.iterative_steps == 1:
+        what = (f"searching the ratio that reaches {'MACs' if cfg.target_macs else 'params'} "
+                f"{cfg.target_macs or cfg.target_params:g}" if cfg.target_macs or cfg.target_params else "selecting")
+        say(f"scoring {len(dg.groups)} groups ({args.importance}), {what}, rewriting" + (", certifying" if check else ""))
+        step = prune_step(dg, cfg, data=data, check=check, progress=say.bars)
+        return _Pruned(step.model, step.keep, time.perf_counter() - t, step.certificate)
+    n, params0 = cfg.iterative_steps, count_params(m.model)
+    say(f"pruning step 1/{n}")
 
-    t = time.perf_counter()
-    keep = None
-    try:
-        if cfg.iterative_steps == 1:
-            say(f"scoring {len(dg.groups)} groups ({args.importance})")
-            scores = score_groups(dg, crit, data=data)
-            counter = _counter(cfg, inputs)
-            if counter is not None:
-                goal = _absolute(cfg.target_macs or cfg.target_params, counter(model))
-                say(f"searching the ratio that reaches {_si(goal)} {'MACs' if cfg.target_macs else 'params'}")
-                keep = _search(dg, scores, cfg, counter, goal)
-            else:
-                keep = plan(dg, scores, cfg)
-            say("rewriting the graph")
-            pruned = apply(dg, keep)
-        else:
-            n = cfg.iterative_steps
-            say(f"pruning step 1/{n}")
+    def step(k, pruned):
+        if k < n:
+            say(f"pruning step {k + 1}/{n} ({count_params(pruned) / params0:.1%} params left)")
+    pruned = prune(m.model, m.args, cfg, example_kwargs=m.kwargs, data=data, callback=step, check=check,
+                   progress=say.bars)
+    return _Pruned(pruned, None, time.perf_counter() - t, getattr(pruned, "fxprune_certificate", None))
 
-            def step(k, m):
-                if k < n:
-                    say(f"pruning step {k + 1}/{n} ({count_params(m) / params0:.1%} params left)")
-            pruned = prune(model, inputs, cfg, data=data, callback=step)
-    except CaptureError as e:
-        raise _Fail(EXIT_CAPTURE, str(e))
-    except ValueError as e:  # unreachable target, ignore name matching nothing, ...
-        raise _Fail(EXIT_USAGE, str(e))
-    t_prune = time.perf_counter() - t
-    params1, macs1 = count_params(pruned), count_macs(pruned, inputs)
 
-    with torch.no_grad():
-        before, after = model(*inputs), pruned(*inputs)
-    same_shape = _shapes(before) == _shapes(after)
+# -- step 4: report ---------------------------------------------------------------------------------
 
+def _report(args, m: _Loaded, dg, res: _Pruned, t_analyze: float, cfg, say) -> tuple:
+    from .. import count_macs, count_params, latency, verify
+    from .report import print_tables
+    kw = m.kwargs
+    counts = (count_params(m.model), count_macs(m.model, m.args, kw), count_params(res.model),
+              count_macs(res.model, m.args, kw))
     report = None
     if not args.no_verify:
-        say("verifying: permutation and removal oracles in float64")
-        report = verify(model, inputs, leaf_modules=cfg.leaf_modules, raise_on_mismatch=False, fold=args.fold)
-    lat0 = lat1 = None
+        say("verifying: permutation and removal oracles on a fresh float64 analysis")
+        report = verify(m.model, m.args, kw, leaf_modules=cfg.leaf_modules, raise_on_mismatch=False, fold=args.fold)
+    lat = None
     if args.latency_runs:
         say(f"timing CPU latency ({args.latency_runs} runs each, {torch.get_num_threads()} threads)")
-        lat0 = latency(model, inputs, repeats=args.latency_runs)["median_ms"]
-        lat1 = latency(pruned, inputs, repeats=args.latency_runs)["median_ms"]
-
-    if not args.quiet:
-        print(dg.report())
-        if args.groups:
-            for g in dg.groups:
-                print("\n" + g.details())
-        if not args.no_tables:
-            print("\nper group (each row: that group pruned alone):")
-            print(group_table(dg, keep, inputs) if keep is not None else group_table(dg, None, inputs))
-            if keep is None:
-                print("(iterative pruning re-analyses the shrinking model: kept counts are in the layer table)")
-            print("\nper layer:")
-            print(compare(model, pruned, inputs))
-        how = (f"to {_si(cfg.target_macs or cfg.target_params)} {'MACs' if cfg.target_macs else 'params'}"
-               if cfg.target_macs or cfg.target_params else f"{cfg.ratio:.0%} of every group" if cfg.scope == "local"
-               else f"{cfg.ratio:.0%} of all coordinates (global)")
-        print(f"\npruned {how} by {args.importance}"
-              + (f" in {cfg.iterative_steps} steps" if cfg.iterative_steps > 1 else "")
-              + f" (analysis {t_analyze:.2f} s, pruning {t_prune:.2f} s)")
-        from tabulate import tabulate
-        rows = [["parameters", params0, params1, f"{params1 / params0:.1%}"],
-                ["MACs", macs0, macs1, f"{macs1 / macs0:.1%}" if macs0 else "-"]]
-        if lat0 is not None:
-            rows.append([f"CPU latency ms (median of {args.latency_runs})", f"{lat0:.2f}", f"{lat1:.2f}",
-                         f"{lat1 / lat0:.1%}"])
-        rows.append(["output shapes", _short(before), _short(after), "same" if same_shape else "CHANGED"])
-        print(tabulate(rows, headers=["", "original", "pruned", "ratio"], disable_numparse=True))
-        if report is not None:
-            print("\nexactness oracles (float64):\n" + str(report))
-    if args.save:
-        say(f"saving to {args.save}")
-        try:
-            torch.save(pruned, args.save)
-        except OSError as e:
-            raise _Fail(EXIT_USAGE, f"cannot write {args.save}: {e}")
-
+        lat = tuple(latency(x, m.args, kw, repeats=args.latency_runs)["median_ms"] for x in (m.model, res.model))
+    same_shape = print_tables(args, m, dg, res, t_analyze, cfg, counts, lat, report) if not args.quiet else \
+        _same_shapes(m, res)
+    _write_outputs(args, m, res, say)
     passed = report is None or (report.passed and same_shape)
     status = "not run (--no-verify)" if report is None else "exact" if passed else "MISMATCH"
-    lat = f", latency {lat0:.2f} -> {lat1:.2f} ms" if lat0 is not None else ""
-    summary = (f"{label}: {len(dg.groups)} groups, params {params0} -> {params1} ({params1 / params0:.1%}), "
-               f"MACs {_si(macs0)} -> {_si(macs1)}{lat}, oracles {status}")
+    lat_s = f", latency {lat[0]:.2f} -> {lat[1]:.2f} ms" if lat else ""
+    p0, macs0, p1, macs1 = counts
+    summary = (f"{m.label}: {len(dg.groups)} groups, params {p0} -> {p1} ({p1 / p0:.1%}), "
+               f"MACs {_si(macs0)} -> {_si(macs1)}{lat_s}, oracles {status}")
     return summary, (EXIT_OK if passed else EXIT_MISMATCH)
 
 
-def _shapes(out):
-    from torch.utils._pytree import tree_flatten
-    return [tuple(t.shape) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+def _same_shapes(m: _Loaded, res: _Pruned) -> bool:
+    from .report import output_shapes
+    return output_shapes(m.model, m.args, m.kwargs) == output_shapes(res.model, m.args, m.kwargs)
 
 
-def _short(out) -> str:
-    s = _shapes(out)
-    return str(s[0]) if len(s) == 1 else f"{len(s)} tensors"
+def _write_outputs(args, m: _Loaded, res: _Pruned, say) -> None:
+    from ..io import save
+    if args.save:
+        say(f"saving to {args.save}")
+        say(f"saved as {save(res.model, args.save, m.args, m.kwargs)}")
+    if args.plot:
+        from .plot import plot_widths
+        n = plot_widths(m.model, res.model, args.plot, title=f"{m.label}: per-layer widths")
+        say(f"plotted {n} layers to {args.plot}")
+
+
+def _run(args, say) -> tuple:
+    cfg = _config(args)
+    _check_options(args, cfg)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    m = _load(args, say)
+    dg, t_analyze = _analyse(args, m, cfg, say)
+    res = _prune(args, m, dg, cfg, say)
+    return _report(args, m, dg, res, t_analyze, cfg, say)
+
+
+@contextlib.contextmanager
+def _quiet_logs():
+    """torch.export prints whole graphs as warnings when it gives up on a model; the CLI reports that itself."""
+    noisy = [logging.getLogger(n) for n in ("torch.fx.experimental.symbolic_shapes", "torch._dynamo", "torch.export",
+                                          "torch._export")]
+    levels = [lg.level for lg in noisy]
+    try:
+        for lg in noisy:
+            lg.setLevel(logging.ERROR)
+        yield
+    finally:
+        for lg, level in zip(noisy, levels):
+            lg.setLevel(level)
 
 
 def main(argv=None) -> int:
-    """Run the CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    """Run the CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit code (see ``EXIT_CODES``)."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or an argparse usage error (2)
         return int(e.code or 0)
     say = _Progress(args.quiet)
-    # torch.export prints whole graphs as warnings when it gives up on a model; the CLI reports that itself
-    noisy = [logging.getLogger(n) for n in ("torch.fx.experimental.symbolic_shapes", "torch._dynamo", "torch.export")]
-    levels = [lg.level for lg in noisy]
     try:
-        for lg in noisy:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
+        with _quiet_logs(), warnings.catch_warnings():
             if args.quiet:
                 warnings.simplefilter("ignore")
             summary, code = _run(args, say)
-    except _Fail as e:
-        print(f"fxprune: error: {e}", file=sys.stderr)
-        if args.quiet:
-            print(f"fxprune: failed (exit {e.code}): {str(e).splitlines()[0]}")
-        return e.code
     except KeyboardInterrupt:
         print("fxprune: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        for lg, level in zip(noisy, levels):
-            lg.setLevel(level)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        code = _exit_code(e)
+        msg = (str(e).strip("'\"") if isinstance(e, KeyError) else str(e)) or type(e).__name__
+        if code == EXIT_INTERNAL:
+            msg = f"internal error: {type(e).__name__}: {msg}"
+        if args.debug:
+            traceback.print_exc(file=sys.stderr)
+        hint = "" if args.debug else "\n(run with --debug for the traceback)" if code == EXIT_INTERNAL else ""
+        print(f"fxprune: error (exit {code}): {msg}{hint}", file=sys.stderr)
+        if args.quiet:
+            print(f"fxprune: failed (exit {code}): {msg.splitlines()[0]}")
+        return code
     print(summary)
     return code
 

@@ -32,6 +32,19 @@ One backend instance prunes one graph:
   keyed by the identity of the parameter tensors (and dims) the group spans,
   and replayed on the new graph.
 
+**Training** through the compiled function would update nothing: the graph
+computes with pruned *copies* frozen into it, and the model's parameters (what
+an optimizer holds) are not in it any more. So when gradients are enabled and
+the model's parameters require them, the outputs carry a backward step that
+raises :class:`fxprune.TrainModeError` (prune ahead of time and train the
+returned model instead). Inference, with or without ``torch.no_grad()``, and
+input gradients through a model whose parameters are frozen
+(``requires_grad_(False)``) are unaffected.
+
+The backend does not certify its graph (no float64 forward passes inside a
+compile); its decisions are those of :func:`fxprune.prune`, which does, and
+:func:`fxprune.verify` checks the model itself.
+
 What needs more than the graph is refused with :class:`UnsupportedOptionError`
 (prune ahead of time with ``fxprune.prune`` instead): data-driven importance
 (``taylor``, ``hessian``: the backend sees no data), ``target_macs`` /
@@ -55,13 +68,11 @@ from ..api import analyze, apply
 from ..errors import FxPruneError
 from ..policy.importance import BNScale, get_importance
 from ..policy.pruner import PruneConfig, plan, score_groups
+from .compiled_call import AHEAD as _AHEAD
+from .compiled_call import DifferentGraphError, drop_positions
 
 __all__ = ["backend", "PruningBackend", "GraphBreakError", "DifferentGraphError", "UnsupportedOptionError",
            "RecompileMismatchError"]
-
-_AHEAD = ("prune ahead of time instead: pruned = fxprune.prune(model, example_inputs, ...); "
-          "torch.compile(pruned, backend=...)")
-
 
 class UnsupportedOptionError(FxPruneError, ValueError):
     """A pruning option that needs more than the dynamo graph (data, forward passes, callbacks)."""
@@ -69,10 +80,6 @@ class UnsupportedOptionError(FxPruneError, ValueError):
 
 class GraphBreakError(FxPruneError):
     """Dynamo split the model at a graph break: the pieces cannot be pruned consistently."""
-
-
-class DifferentGraphError(FxPruneError):
-    """A backend instance was handed a second graph with other parameters."""
 
 
 class RecompileMismatchError(FxPruneError):
@@ -323,7 +330,7 @@ class PruningBackend:
         else:
             self._params = {i: (weakref.ref(t), name) for i, (t, name) in current.items()}
             keep = self._decide(dg)
-        pruned = apply(dg, keep)
+        pruned = apply(dg, keep, check=False)  # no certificate inside a compile: see the module docstring
         self._snapshot(dg, pruned, replayed)
         _freeze(pruned)
         prune_s = time.perf_counter() - start
@@ -335,7 +342,7 @@ class PruningBackend:
         self.pruned_gm = pruned
         self.timings.append({"prune_s": prune_s, "compile_s": compile_s, "replayed": replayed,
                              "groups": len(dg.groups), "pruned_groups": len(keep)})
-        return _drop_positions(compiled, {i: weakref.ref(example_inputs[i]) for i in lifted})
+        return drop_positions(compiled, {i: weakref.ref(example_inputs[i]) for i in lifted})
 
 
 def _set_tensor(gm: fx.GraphModule, name: str, t: torch.Tensor) -> None:
@@ -362,28 +369,3 @@ def _freeze(gm: fx.GraphModule) -> None:
     for node in gm.graph.nodes:  # shapes changed: dynamo's stale example values must not mislead passes
         for key in ("example_value", "val", "tensor_meta"):
             node.meta.pop(key, None)
-
-
-def _drop_positions(compiled: Callable, lifted: dict) -> Callable:
-    """Dynamo calls a backend's function with every graph input (unboxed, whatever a
-    ``_boxed_call`` attribute copied by ``functools.wraps`` says); the pruned graph takes the rest.
-
-    Dynamo's guards treat parameters as inputs: it reuses this function for another instance of
-    the same module class (same code, other weights). The pruned graph has the first one's
-    parameters frozen in, so a call with other parameter tensors is refused, never answered wrong.
-    """
-    if not lifted:
-        return compiled
-
-    def run(*args):
-        for i, ref in lifted.items():
-            if args[i] is not ref():
-                raise DifferentGraphError(
-                    "this torch.compile'd function was pruned by fxprune.backend with the parameters of "
-                    "another module instance (dynamo reuses compiled code across instances of one class, "
-                    "passing their parameters as inputs; the pruned graph has the first instance's frozen in). "
-                    "Fix: torch._dynamo.reset() and create a new fxprune.backend(...) per model, or " + _AHEAD)
-        return compiled(*[a for i, a in enumerate(args) if i not in lifted])
-
-    run.__wrapped__ = compiled
-    return run

@@ -5,7 +5,8 @@ Specs:
 * empty / ``demo``: the built-in :class:`fxprune.tools.demo.DemoNet` (no optional dependency);
 * ``resnet18``, ``torchvision:resnet18``: a torchvision builder, ``weights=None``;
 * ``timm:vit_tiny_patch16_224``, or a plain name torchvision does not know: ``timm.create_model``;
-* ``path/to/file.py:factory``: ``factory()`` returns a module or ``(module, example_inputs)``.
+* ``path/to/file.py:factory``: ``factory()`` returns a module or ``(module, example_inputs)``; a dict of
+  example inputs is passed as keywords.
 
 Every failure raises :class:`SpecError` with a message naming the problem (the CLI
 turns it into exit code 2); nothing here downloads weights.
@@ -22,11 +23,16 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-__all__ = ["SpecError", "Loaded", "load_model", "parse_shape", "torchvision_kwargs", "import_torchvision"]
+__all__ = ["SpecError", "MissingPackageError", "Loaded", "load_model", "parse_shape", "torchvision_kwargs",
+           "import_torchvision"]
 
 
 class SpecError(ValueError):
     """The model spec or the input shape cannot be turned into a model and its inputs."""
+
+
+class MissingPackageError(SpecError):
+    """An optional package the spec needs is not installed (or does not import)."""
 
 
 @dataclass
@@ -35,6 +41,7 @@ class Loaded:
     inputs: Optional[tuple]
     label: str
     source: str
+    kwargs: Optional[dict] = None
 
 
 def parse_shape(text: str) -> tuple:
@@ -55,7 +62,7 @@ def _import(package: str, why: str):
         return importlib.import_module(package)
     except Exception as e:  # ImportError, or a broken install raising RuntimeError at import time
         first = str(e).splitlines()[0] if str(e) else ""
-        raise SpecError(f"cannot import {package} (needed for {why}): {type(e).__name__}: {first}"
+        raise MissingPackageError(f"cannot import {package} (needed for {why}): {type(e).__name__}: {first}"
                         f"\n  install it (pip install {package}) or check that it matches your torch build") from None
 
 
@@ -113,9 +120,12 @@ def _from_file(spec: str) -> tuple:
     if not isinstance(model, nn.Module):
         raise SpecError(f"{path}:{factory}() must return an nn.Module or (module, example_inputs); "
                         f"got {type(model).__name__}")
-    if inputs is not None:
+    kwargs = None
+    if isinstance(inputs, dict):  # keyword inputs
+        inputs, kwargs = (), dict(inputs)
+    elif inputs is not None:
         inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
-    return model, inputs, f"{factory} ({os.path.basename(path)})"
+    return model, inputs, kwargs, f"{factory} ({os.path.basename(path)})"
 
 
 def _torchvision_names(tv) -> set:
@@ -181,14 +191,14 @@ def load_model(spec: Optional[str], shape: Optional[tuple] = None, seed: int = 0
     if spec.endswith(".py") or ".py:" in spec:
         if ".py:" not in spec:
             raise SpecError(f"a model file needs a factory: {spec}:<function returning a model>")
-        model, inputs, label = _from_file(spec)
+        model, inputs, kwargs, label = _from_file(spec)
         if shape is not None:
-            inputs = (torch.randn(*shape),)
+            inputs, kwargs = (torch.randn(*shape),), None
         if inputs is None:
             raise SpecError(f"{label} returned no example inputs: pass --input-shape (e.g. 1,3,224,224) "
                             "or return (model, example_inputs) from the factory")
-        source = "file"
-    elif spec.startswith("timm:"):
+        return Loaded(model.eval(), inputs, label, "file", kwargs)
+    if spec.startswith("timm:"):
         model, inputs, label = _timm(spec[5:], shape)
         source = "timm"
     elif spec.startswith("torchvision:"):
