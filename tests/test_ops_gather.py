@@ -208,3 +208,28 @@ class IndexAdd(nn.Module):
 def test_index_add_pins_rows_and_positions(front_end):
     dg = verified(IndexAdd().eval(), torch.randn(5, 3), front_end, groups=1, removal_groups=1)
     assert sizes(dg) == [6] and not any(("idx", 0) in g.members for g in dg.groups)
+
+
+class MultiQuery(nn.Module):
+    """Falcon's multi-query split: q = heads[:-2], k = [..., [-2], :], v = [..., [-1], :] (constant indices)."""
+
+    def __init__(self, c=8, heads=4, hd=2):
+        super().__init__()
+        torch.manual_seed(0)
+        self.h, self.hd = heads, hd
+        self.qkv, self.dense = nn.Linear(c, (heads + 2) * hd), nn.Linear(heads * hd, c)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        fused = self.qkv(x).view(B, N, self.h + 2, self.hd)
+        q, k, v = fused[..., :-2, :], fused[..., [-2], :], fused[..., [-1], :]
+        a = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)).softmax(-1) @ v.transpose(1, 2)
+        return self.dense(a.transpose(1, 2).reshape(B, N, self.h * self.hd))
+
+
+@pytest.mark.parametrize("front_end", ["trace", "export"])
+def test_constant_index_pins_only_what_it_addresses(front_end):
+    dg = verified(MultiQuery().eval(), torch.randn(2, 5, 8), front_end, groups=2, removal_groups=1)
+    heads = group_with(dg, "dense.weight", 1, 4)  # query heads; k, v (addressed from the end) stay pinned
+    pruned = fxprune.apply(dg, {heads: [0, 3]})
+    assert pruned.get_parameter("qkv.weight").shape == (8, 8)

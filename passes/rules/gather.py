@@ -19,11 +19,15 @@ Boolean masks select a data-dependent number of elements: the masked dims (of
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+import torch.fx as fx
 
 from ..context import OV, SV, TV, RuleContext, RuleError
 from ..registry import method, register
 from .attention import broadcast_dims, contract_pair
+from .index import _pieces as index_pieces
 
 aten = torch.ops.aten
 
@@ -55,7 +59,7 @@ def _masks(ctx: RuleContext, raw_indices) -> list:
     return flags
 
 
-def index_layouts(ctx: RuleContext, x: TV, entries: list, masks: list) -> tuple:
+def index_layouts(ctx: RuleContext, x: TV, entries: list, masks: list, raw_nodes: tuple = ()) -> tuple:
     """Layouts of ``x[entries]`` (numpy advanced indexing) and, per result dim, the dim of ``x``
     it is (None: a dim of the indices). Pins every indexed dim of ``x``."""
     if len(entries) > x.ndim:
@@ -65,8 +69,10 @@ def index_layouts(ctx: RuleContext, x: TV, entries: list, masks: list) -> tuple:
     where = [k for k, t in enumerate(entries) if t is not None]
     if not where:
         return list(x.dims), list(range(x.ndim))
+    known = _constant_index(ctx, raw_nodes[where[0]]) if len(where) == 1 and raw_nodes else None
     for k in where:
-        ctx.pin(x.dims[k], f"dimension addressed by index values at {ctx.where}")
+        layout = x.dims[k] if known is None else _addressed_piece(ctx, x, k, known)
+        ctx.pin(layout, f"dimension addressed by index values at {ctx.where}")
     tensors = [entries[k] for k in where]
     n = max(t.ndim for t in tensors)
     bcast = broadcast_dims(ctx, [(t.shape, t.dims) for t in tensors], n)
@@ -76,6 +82,48 @@ def index_layouts(ctx: RuleContext, x: TV, entries: list, masks: list) -> tuple:
         order = [*[None] * n, *(k for k in range(x.ndim) if k not in where)]
     it = iter(bcast)
     return [next(it) if k is None else x.dims[k] for k in order], order
+
+
+_COPIES = {"lift_fresh_copy", "clone", "detach", "alias"}
+
+
+def _constant_index(ctx: RuleContext, raw) -> Optional[list]:
+    """The values of a 1-D integer index that is a constant of the graph (``x[..., [-2], :]``,
+    lifted by torch.export), else None. Buffers and parameters are not constants: code may change them."""
+    if _int_list(raw):
+        return list(raw)
+    while isinstance(raw, fx.Node) and raw.op == "call_function" and \
+            getattr(getattr(raw.target, "overloadpacket", None), "__name__", "") in _COPIES:
+        raw = raw.args[0]
+    if not isinstance(raw, fx.Node) or raw.op != "get_attr":
+        return None
+    t = getattr(raw.meta.get("val"), "constant", None)  # torch.export keeps a lifted constant's value
+    owner, _, name = raw.target.rpartition(".")
+    root = ctx.node.graph.owning_module
+    if t is None and root is not None:
+        try:
+            t = (root.get_submodule(owner) if owner else root).__dict__.get(name)  # not a parameter/buffer
+        except AttributeError:
+            return None
+    if not isinstance(t, torch.Tensor) or t.is_meta or t.ndim != 1 or t.is_floating_point() or \
+            t.dtype == torch.bool or t.numel() > 4096:
+        return None
+    return [int(v) for v in t.tolist()]
+
+
+def _addressed_piece(ctx: RuleContext, x: TV, k: int, values: list):
+    """The part of dim ``k`` that known index values address: negative values count from the end,
+    so the coordinates before the lowest one stay free (and the other way round)."""
+    n = x.shape[k]
+    if not values or any(not -n <= v < n for v in values):
+        return x.dims[k]
+    if all(v < 0 for v in values):
+        head, tail = index_pieces(ctx, x, k, [n + min(values), -min(values)])
+        return tail
+    if all(v >= 0 for v in values):
+        head, tail = index_pieces(ctx, x, k, [max(values) + 1, n - max(values) - 1])
+        return head
+    return x.dims[k]
 
 
 def _mask_layouts(ctx: RuleContext, x: TV, entries: list) -> tuple:
@@ -96,7 +144,7 @@ def _mask_layouts(ctx: RuleContext, x: TV, entries: list) -> tuple:
 def index(ctx: RuleContext) -> TV:
     """``aten.index.Tensor(self, indices: list[Tensor | None])``: see Note [Index tensors]."""
     x, raw = ctx.tensor(0, "self"), ctx.arg(1, "indices")
-    return ctx.param_view(x, *index_layouts(ctx, x, _entries(ctx, raw), _masks(ctx, raw)))
+    return ctx.param_view(x, *index_layouts(ctx, x, _entries(ctx, raw), _masks(ctx, raw), tuple(raw)))
 
 
 def _unify_values(ctx: RuleContext, values: TV, target: list, target_shape: tuple) -> None:
@@ -112,7 +160,7 @@ def index_put(ctx: RuleContext) -> TV:
     the indexed dims and the index positions are pinned, the other dims of ``values`` align."""
     x, raw = ctx.tensor(0, "self"), ctx.arg(1, "indices")
     values = ctx.tensor(2, "values")
-    region, order = index_layouts(ctx, x, _entries(ctx, raw), _masks(ctx, raw))
+    region, order = index_layouts(ctx, x, _entries(ctx, raw), _masks(ctx, raw), tuple(raw))
     for layout, k in zip(region, order):
         if k is None:  # the index positions: dropping one drops a write, which changes the result
             ctx.pin(layout, f"positions written by index_put at {ctx.where}")
@@ -142,26 +190,28 @@ def index_add(ctx: RuleContext) -> TV:
 
 def tensor_getitem(ctx: RuleContext, x: TV, items: list) -> TV:
     """``x[..., idx, :]`` through ``operator.getitem`` (symbolic_trace): tensors and whole slices only."""
-    entries, masks, d = [], [], 0
-    n_real = sum(1 for it in items if it is not Ellipsis)
+    raws: list = []
     for it in items:
         if it is Ellipsis:
-            fill = x.ndim - n_real
-            entries.extend([None] * fill)
-            masks.extend([False] * fill)
-            d += fill
+            raws.extend([None] * (x.ndim - sum(1 for i in items if i is not Ellipsis)))
         elif isinstance(it, slice) and it == slice(None):
-            entries.append(None)
-            masks.append(False)
-            d += 1
+            raws.append(None)
+        elif isinstance(ctx.v(it), TV) or _int_list(it):
+            raws.append(it)
         else:
-            val = ctx.v(it)
-            if not isinstance(val, TV):
-                raise RuleError("advanced indexing mixed with integers, partial slices or None")
-            entries.append(val)
-            masks.extend(_masks(ctx, [it]))
-            d += 1
-    return ctx.param_view(x, *index_layouts(ctx, x, entries, masks))
+            raise RuleError("advanced indexing mixed with integers, partial slices or None")
+    entries = [None if r is None else _list_index(ctx, r) if _int_list(r) else ctx.v(r) for r in raws]
+    masks = [r is not None and _masks(ctx, [r])[0] for r in raws]
+    return ctx.param_view(x, *index_layouts(ctx, x, entries, masks, tuple(raws)))
+
+
+def _int_list(raw) -> bool:
+    return isinstance(raw, list) and bool(raw) and all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
+
+
+def _list_index(ctx: RuleContext, raw: list) -> TV:
+    """A literal index list ``x[..., [-2], :]``: its positions are a literal the rewrite cannot edit."""
+    return TV((len(raw),), (ctx.computed(len(raw)),))
 
 
 def grouped_mm_core(ctx: RuleContext, a: TV, w: TV, offs) -> TV:

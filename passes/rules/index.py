@@ -7,7 +7,6 @@ import torch
 
 from ..context import IV, OV, SV, TV, RuleContext, RuleError
 from ..registry import method, register
-from . import gather
 from .common import pin_mixed_dynamic, pin_moving_bounds
 
 __all__ = ["cat", "stack", "split", "unbind", "narrow", "select", "getitem"]
@@ -150,9 +149,11 @@ def _slice_dim(ctx: RuleContext, x: TV, d: int, sl: slice, path: tuple):
 def _tensor_getitem(ctx: RuleContext, x: TV) -> TV:
     raw = ctx.arg(1)
     items, path = (list(raw), ("args", 1)) if isinstance(raw, tuple) else ([raw], None)
-    if any(isinstance(ctx.v(it), TV) for it in items if it is not None and it is not Ellipsis
-           and not isinstance(it, slice)):
-        return gather.tensor_getitem(ctx, x, items)  # advanced indexing: Note [Index tensors]
+    if any(isinstance(it, list) or isinstance(ctx.v(it), TV) for it in items
+           if it is not None and it is not Ellipsis and not isinstance(it, slice)):
+        from .gather import tensor_getitem  # imports this module
+
+        return tensor_getitem(ctx, x, items)  # advanced indexing: Note [Index tensors]
     used = sum(1 for it in items if it is not None and it is not Ellipsis)
     dims, d = [], 0
     for k, it in enumerate(items):
