@@ -87,8 +87,9 @@ class _Analyzer(fx.Interpreter):
             self.consumers: dict[int, set] = defaultdict(set)
             self.unknown: list = []
             self.on_meta = False
+            self.deferred: list = []  # checks rules ask to run again once every axis is unified
         else:  # a subgraph shares the axes and parameter tables of its parent
-            for name in ("axes", "param_layouts", "uses", "consumers", "unknown", "on_meta"):
+            for name in ("axes", "param_layouts", "uses", "consumers", "unknown", "on_meta", "deferred"):
                 setattr(self, name, getattr(parent, name))
 
     # -- values -------------------------------------------------------------
@@ -323,6 +324,8 @@ def analyze_graph(gm: fx.GraphModule, example_inputs: tuple) -> AnalysisResult:
     """
     analyzer, mode = _propagate(gm, example_inputs)
     analyzer.pin_unused_attrs()
+    for check in analyzer.deferred:
+        check()
     return _finalize(gm, analyzer, mode)
 
 
