@@ -176,6 +176,10 @@ SYNC: dict = {
     nn.modules.conv._ConvNd: {"groups": _conv_groups, "in_channels": _conv_in, "out_channels": _conv_out},
     nn.modules.batchnorm._NormBase: {"num_features": first_size(("weight", "running_mean"), 0)},
     nn.LayerNorm: {"normalized_shape": shape("weight")},
+    **({nn.RMSNorm: {"normalized_shape": shape("weight")}} if hasattr(nn, "RMSNorm") else {}),
+    nn.PReLU: {"num_parameters": size("weight", 0)},
+    nn.Bilinear: {"in1_features": size("weight", 1), "in2_features": size("weight", 2), "out_features": size("weight", 0)},
+    nn.EmbeddingBag: {"num_embeddings": size("weight", 0), "embedding_dim": size("weight", 1)},
     nn.GroupNorm: {"num_channels": size("weight", 0), "num_groups": graph_arg("weight", "num_groups", _norm_groups)},
     nn.Embedding: {"num_embeddings": size("weight", 0), "embedding_dim": size("weight", 1)},
     nn.MultiheadAttention: {"embed_dim": size("in_proj_weight", 1), "kdim": size("in_proj_weight", 1),
@@ -204,7 +208,7 @@ SYNC: dict = {
     f"{_T}gpt2.modeling_gpt2.GPT2Model": {"embed_dim": size("wte.weight", 1)},
     **{f"{_T}{fam}.modeling_{fam}.{cls}Attention": _BART for fam, cls in (
         ("opt", "OPT"), ("bart", "Bart"), ("whisper", "Whisper"), ("wav2vec2", "Wav2Vec2"), ("mbart", "MBart"),
-        ("marian", "Marian"), ("pegasus", "Pegasus"), ("hubert", "Hubert"))},
+        ("marian", "Marian"), ("pegasus", "Pegasus"), ("hubert", "Hubert"), ("clip", "CLIP"), ("siglip", "Siglip"))},
     **{f"{_T}{fam}.modeling_{fam}.{cls}{kind}Layer": {"embed_dim": size("self_attn_layer_norm.weight", 0)}
        for fam, cls in (("opt", "OPT"), ("bart", "Bart"), ("whisper", "Whisper"))
        for kind in (("Decoder",) if fam == "opt" else ("Encoder", "Decoder"))},
@@ -223,7 +227,9 @@ SYNC: dict = {
     f"{_T}bloom.modeling_bloom.BloomModel": {
         "num_heads": uniform("num_heads", f"{_T}bloom.modeling_bloom.BloomAttention"),
         "embed_dim": size("word_embeddings.weight", 1)},
-    f"{_T}bert.modeling_bert.BertSelfAttention": _BERT,
+    **{f"{_T}{fam}.modeling_{fam}.{cls}{kind}Attention": _BERT for fam, cls in (
+        ("bert", "Bert"), ("roberta", "Roberta"), ("xlm_roberta", "XLMRoberta"), ("electra", "Electra"),
+        ("camembert", "Camembert")) for kind in ("Self", "Cross")},
     f"{_T}mobilevit.modeling_mobilevit.MobileViTSelfAttention": _BERT,
     f"{_T}deberta_v2.modeling_deberta_v2.DisentangledSelfAttention": {
         "num_attention_heads": per("query_proj.weight", 0, "attention_head_size"),
@@ -231,9 +237,8 @@ SYNC: dict = {
     f"{_T}t5.modeling_t5.T5Attention": {
         "n_heads": per("q.weight", 0, "key_value_proj_dim"), "inner_dim": size("q.weight", 0),
         "d_model": size("q.weight", 1)},
-    f"{_T}vit.modeling_vit.ViTAttention": _HEAD_DIM,
-    f"{_T}swin.modeling_swin.SwinAttention": _HEAD_DIM,
-    f"{_T}segformer.modeling_segformer.SegformerAttention": _HEAD_DIM,
+    **{f"{_T}{fam}.modeling_{fam}.{cls}Attention": _HEAD_DIM for fam, cls in (
+        ("vit", "ViT"), ("swin", "Swin"), ("segformer", "Segformer"), ("dinov2", "Dinov2"), ("deit", "DeiT"))},
     f"{_T}swin.modeling_swin.SwinModel": {"num_features": size("layernorm.weight", 0)},
     # timm
     "timm.layers.attention.Attention": {"num_heads": per("qkv.weight", 0, "head_dim", 3),
