@@ -251,12 +251,13 @@ def _auto_dynamic(model: nn.Module, args: tuple, kwargs: dict):
 
 def _dynamic_summary(ep) -> str:
     """``input_ids[0, 1], attention_mask[0, 1]``: the input dims the exported program keeps symbolic."""
-    user = set(ep.graph_signature.user_inputs)
+    user, free = set(ep.graph_signature.user_inputs), set(ep.range_constraints)
+    symbolic = lambda n: isinstance(n, torch.SymInt) and bool(n.node.expr.free_symbols & free)  # noqa: E731
     parts = []
     for node in ep.graph.nodes:
         val = node.meta.get("val")
         if node.op == "placeholder" and node.name in user and isinstance(val, torch.Tensor):
-            dims = [d for d, n in enumerate(val.shape) if not isinstance(n, int)]
+            dims = [d for d, n in enumerate(val.shape) if symbolic(n)]  # not specialized to a number
             if dims:
                 parts.append(f"{node.name}[{', '.join(map(str, dims))}]")
     return ", ".join(parts)
