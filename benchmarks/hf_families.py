@@ -158,7 +158,8 @@ def run(name):
     start = time.perf_counter()
     dg = fxprune.analyze(m, (), inputs(1, 7))
     seconds = time.perf_counter() - start
-    dynamic = dg.front_end.split("dynamic shapes: ")[1].split(";")[0] if "dynamic shapes: " in dg.front_end else "static"
+    fe = dg.front_end
+    dynamic = fe.split("dynamic shapes: ")[1].split(";")[0] if "dynamic shapes: " in fe else "static"
     rep = fxprune.verify(m, (), inputs(1, 7), raise_on_mismatch=False)
     pruned = fxprune.apply(dg, {g: _two_thirds(g) for g in dg.groups})
     try:

@@ -302,7 +302,8 @@ def _export(model: nn.Module, args: tuple, kwargs: dict) -> Captured:
             raise CaptureError(_export_failure(static_error, kwargs)) from static_error
         big_args, big_kwargs = args, kwargs
         why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        how = f"torch.export (non-strict, static shapes: the pruned model keeps the example's sizes; dynamic failed: {why})"
+        how = ("torch.export (non-strict, static shapes: the pruned model keeps the example's sizes; "
+               f"dynamic failed: {why})")
     if note:
         how = how[:-1] + f"; {note})"
     cap = _from_exported(ep, big_args, big_kwargs, how)

@@ -80,7 +80,8 @@ def per(path: str, dim: int, unit: str, parts: int = 1) -> Derivation:
     """``per("q_proj.weight", 0, "head_dim")``: whole units (heads) of a fixed-size attribute."""
     def derive(m, g, where):
         n = int(_tensor(m, path).shape[dim])
-        return _exact(_exact(n, parts, f"{path} dim {dim}"), int(getattr(m, unit)), f"{path} dim {dim} / {parts} / {unit}")
+        whole = _exact(n, parts, f"{path} dim {dim}")
+        return _exact(whole, int(getattr(m, unit)), f"{path} dim {dim} / {parts} / {unit}")
     return derive
 
 
@@ -101,7 +102,8 @@ def uniform(attr: str, child_type: str) -> Derivation:
     def derive(m, g, where):
         values = {getattr(c, attr) for c in m.modules() if _qualname(type(c)) == child_type and hasattr(c, attr)}
         if len(values) != 1:
-            raise Unsyncable(f"{child_type}.{attr} differs across layers ({sorted(values)}); one value describes them all")
+            raise Unsyncable(f"{child_type}.{attr} differs across layers ({sorted(values)}); "
+                             "one value describes them all")
         return values.pop()
     return derive
 
@@ -178,7 +180,8 @@ SYNC: dict = {
     nn.LayerNorm: {"normalized_shape": shape("weight")},
     **({nn.RMSNorm: {"normalized_shape": shape("weight")}} if hasattr(nn, "RMSNorm") else {}),
     nn.PReLU: {"num_parameters": size("weight", 0)},
-    nn.Bilinear: {"in1_features": size("weight", 1), "in2_features": size("weight", 2), "out_features": size("weight", 0)},
+    nn.Bilinear: {"in1_features": size("weight", 1), "in2_features": size("weight", 2),
+                  "out_features": size("weight", 0)},
     nn.EmbeddingBag: {"num_embeddings": size("weight", 0), "embedding_dim": size("weight", 1)},
     nn.GroupNorm: {"num_channels": size("weight", 0), "num_groups": graph_arg("weight", "num_groups", _norm_groups)},
     nn.Embedding: {"num_embeddings": size("weight", 0), "embedding_dim": size("weight", 1)},
@@ -200,8 +203,10 @@ SYNC: dict = {
                         ("gemma", "Gemma"), ("gemma2", "Gemma2"), ("mixtral", "Mixtral"), ("phi3", "Phi3"))},
     f"{_T}phi3.modeling_phi3.Phi3Attention": _PHI3,
     f"{_T}mixtral.modeling_mixtral.MixtralExperts": {
-        "num_experts": size("down_proj", 0), "hidden_dim": size("down_proj", 1), "intermediate_dim": size("down_proj", 2)},
-    f"{_T}mixtral.modeling_mixtral.MixtralTopKRouter": {"num_experts": size("weight", 0), "hidden_dim": size("weight", 1)},
+        "num_experts": size("down_proj", 0), "hidden_dim": size("down_proj", 1),
+        "intermediate_dim": size("down_proj", 2)},
+    f"{_T}mixtral.modeling_mixtral.MixtralTopKRouter": {"num_experts": size("weight", 0),
+                                                        "hidden_dim": size("weight", 1)},
     f"{_T}gpt2.modeling_gpt2.GPT2Attention": {
         "split_size": size("c_proj.weight", 0), "embed_dim": size("c_proj.weight", 0),
         "num_heads": per("c_proj.weight", 0, "head_dim")},

@@ -180,6 +180,9 @@ def _explain(model: nn.Module, problem: str, unsynced: list, constants: list, hi
     if constants:
         lines.append(f"Constants the forward creates itself were pruned in the graph: {', '.join(constants[:8])}.")
     lines.append(f"Integer attributes equal to a pruned size that no rule syncs: {hints or 'none found'}.")
+    if hasattr(model, "config"):
+        lines.append(f"{type(model).__name__}.config is not updated by this step: a forward that reads sizes from "
+                     "it (Phi-3's query width) still sees the old ones.")
     lines.append("Fix: prune only groups the forward infers (e.g. whole heads with view(..., -1, head_dim)), "
                  "update those attributes/config yourself, or use the returned GraphModule.")
     return "\n".join(lines)
