@@ -77,8 +77,9 @@ class _Analyzer(fx.Interpreter):
             self.consumers: dict[int, set] = defaultdict(set)
             self.unknown: list = []
             self.on_meta, self.strict = False, strict
+            self.deferred: list = []  # checks rules ask to run again once every axis is unified
         else:  # a subgraph shares the axes and parameter tables of its parent
-            for name in ("axes", "param_layouts", "uses", "consumers", "unknown", "on_meta", "strict"):
+            for name in ("axes", "param_layouts", "uses", "consumers", "unknown", "on_meta", "strict", "deferred"):
                 setattr(self, name, getattr(parent, name))
 
     # -- values -------------------------------------------------------------
@@ -271,6 +272,8 @@ def _propagate(gm: fx.GraphModule, example_inputs: tuple, strict: bool,
 
 def _result(gm: fx.GraphModule, an: _Analyzer, mode: str) -> AnalysisResult:
     an.pin_unused_attrs()
+    for check in an.deferred:  # checks that need every axis unified first (Note in rules/common.py)
+        check()
     groups, members, pinned = finalize(gm, an)
     return AnalysisResult(gm, an.axes, groups, members, pinned, an.unknown, mode)
 

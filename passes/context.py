@@ -25,10 +25,17 @@ class TV:
     shape: tuple
     dims: tuple
     source: Optional[int] = None  # id of the parameter tensor it was read from
+    source_dims: Optional[tuple] = None  # a view of it: the parameter dim of each dim (None: not one)
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
+
+    def param_dim(self, d: int) -> Optional[int]:
+        """The parameter dimension that dim ``d`` is (a weight, or a transpose/gather of one), else None."""
+        if self.source is None:
+            return None
+        return d if self.source_dims is None else self.source_dims[d]
 
 
 @dataclass(eq=False)
@@ -163,8 +170,8 @@ class RuleContext:
 
     def contract(self, tv: TV, d: int) -> None:
         """Dimension ``d`` of ``tv`` is contracted against an activation."""
-        if tv.source is not None:
-            self.analyzer.mark_consumer(tv.source, d)
+        if tv.param_dim(d) is not None:
+            self.analyzer.mark_consumer(tv.source, tv.param_dim(d))
         else:
             self.mixing(tv.dims[d], "contraction with a computed operand")
 
@@ -184,6 +191,15 @@ class RuleContext:
             if self.axes.layout_size(d) != n:
                 raise RuleError(f"rule produced a layout of size {self.axes.layout_size(d)} for size {n}")
         return TV(shape, dims)
+
+    def param_view(self, x: TV, dims, order) -> TV:
+        """The result of a view op (transpose, gather) whose dim ``k`` is dim ``order[k]`` of ``x``
+        (None: a new dim): a weight stays a weight for the consumer marks of the removal oracle."""
+        out = self.result(dims)
+        if x.source is not None:
+            out.source = x.source
+            out.source_dims = tuple(None if k is None else x.param_dim(k) for k in order)
+        return out
 
     def module_param(self, name: str) -> Optional[TV]:
         """A parameter/buffer of this ``call_module`` node's module, recorded as used."""

@@ -89,15 +89,17 @@ def _mixer(dg):
 def _swin(dg):
     assert sizes_with(dg, "patch_embed.proj.weight", 0) == [96]
     qkv = sizes_with(dg, "layers.0.blocks.0.attn.qkv.weight", 0)
-    assert 32 in qkv and 3 not in qkv, dg.report()  # head_dim prunable; heads pinned by the bias table index
+    assert qkv == [3, 32], dg.report()  # heads and head_dim: the bias table index addresses positions only
+    heads = [g for g in dg.groups if g.size == 3 and ("layers.0.blocks.0.attn.qkv.weight", 0) in g.members]
+    assert ("layers.0.blocks.0.attn.relative_position_bias_table", 1) in heads[0].members
     assert sizes_with(dg, "layers.0.blocks.0.mlp.fc1.weight", 0) == [384]
 
 
 def _levit(dg):
     stream = sizes_with(dg, "stem.conv4.linear.weight", 0)
     assert stream == [128] and sizes_with(dg, "stages.0.blocks.1.mlp.ln2.linear.weight", 0) == [128]
-    # per-head key and value dims (16, 32); heads are pinned by the attention-bias index
-    assert sizes_with(dg, "stages.0.blocks.0.attn.qkv.linear.weight", 0) == [16, 32], dg.report()
+    # heads (4) with the attention biases (their index addresses positions only), key and value dims
+    assert sizes_with(dg, "stages.0.blocks.0.attn.qkv.linear.weight", 0) == [4, 16, 32], dg.report()
     assert sizes_with(dg, "stages.0.blocks.0.mlp.ln1.linear.weight", 0) == [256]
 
 

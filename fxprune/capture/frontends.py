@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import inspect
 import os
 import re
@@ -204,23 +206,120 @@ def _from_graph_module(gm: fx.GraphModule, inputs: tuple) -> Captured:
     return Captured(new, "GraphModule (parameters lifted from inputs)", rest, lifted)
 
 
+# Note [Dynamic dims]
+# ~~~~~~~~~~~~~~~~~~
+# Automatic dynamic shapes on every dim (Dim.AUTO) cost minutes on some models (an HF
+# Swin classifier: 155 s against 2.6 s static), because export reasons symbolically about
+# image sizes that window partitioning then divides and pads. Only the dims users vary
+# are marked: dim 0 (batch) of every tensor input, and dim 1 (sequence) of inputs of rank
+# 2 or 3 (token ids, masks, (B, N, C) tokens, audio). Export specializes a dim
+# whose example size is 1, which would freeze the pruned graph to batch 1; so a batch of
+# one (every input of rank >= 2 has size 1 at dim 0) is duplicated to 2 for the capture,
+# likewise a single token. The analysis runs on that example too: a batch of one has no
+# axis, so a size read that mixes batch and heads (DeBERTa's ``q.size(0) // heads``)
+# would look static and the heads prunable. Which dims came out dynamic is read back from
+# the exported program and stated in the report; if none did, the capture is static.
+
+_CAPTURE_SIZE = 2  # what a size-1 batch or sequence dim becomes for the capture
+
+
+def _marked_dims(t: torch.Tensor) -> tuple:
+    """Batch, and the sequence of a tensor of rank 2 or 3 (tokens, features, audio); images
+    and volumes (rank >= 4) keep their spatial sizes static."""
+    return tuple(range(min(t.ndim, 2))) if t.ndim <= 3 else (0,)
+
+
+def _token_like(t: torch.Tensor) -> bool:
+    return not t.is_floating_point() and not t.is_complex() and t.ndim >= 2
+
+
+def _inflate(args: tuple, kwargs: dict) -> tuple:
+    """Duplicate a batch of one (and a single token) to ``_CAPTURE_SIZE`` for the capture."""
+    leaves = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor) and t.ndim >= 2]
+    tokens = [t for t in leaves if _token_like(t)]
+    grow = {d for d, ts in ((0, leaves), (1, tokens)) if ts and all(t.shape[d] == 1 for t in ts)}
+    if not grow:
+        return args, kwargs
+
+    def widen(t):
+        if isinstance(t, torch.Tensor) and t.ndim >= 2:
+            for d in sorted(grow):
+                if d == 0 or _token_like(t):
+                    t = torch.cat([t] * _CAPTURE_SIZE, d)
+        return t
+
+    return tree_map(widen, tuple(args)), tree_map(widen, dict(kwargs))
+
+
 def _auto_dynamic(model: nn.Module, args: tuple, kwargs: dict):
-    """Every tensor dim dynamic (Dim.AUTO): the pruned graph keeps batch and sequence sizes symbolic."""
+    """Dim.AUTO on the batch and sequence dims only (Note [Dynamic dims])."""
     from torch.export import Dim
 
     bound = inspect.signature(model.forward).bind_partial(*args, **kwargs)
-    spec = lambda t: {i: Dim.AUTO for i in range(t.ndim)} if isinstance(t, torch.Tensor) else None  # noqa: E731
+    spec = lambda t: {d: Dim.AUTO for d in _marked_dims(t)} if isinstance(t, torch.Tensor) else None  # noqa: E731
     return {k: tree_map(spec, v) for k, v in bound.arguments.items()}
 
 
-def _export(model: nn.Module, args: tuple, kwargs: dict) -> Captured:
+def _dynamic_summary(ep) -> str:
+    """``input_ids[0, 1], attention_mask[0, 1]``: the input dims the exported program keeps symbolic."""
+    user, free = set(ep.graph_signature.user_inputs), set(ep.range_constraints)
+    symbolic = lambda n: isinstance(n, torch.SymInt) and bool(n.node.expr.free_symbols & free)  # noqa: E731
+    parts = []
+    for node in ep.graph.nodes:
+        val = node.meta.get("val")
+        if node.op == "placeholder" and node.name in user and isinstance(val, torch.Tensor):
+            dims = [d for d, n in enumerate(val.shape) if symbolic(n)]  # not specialized to a number
+            if dims:
+                parts.append(f"{node.name}[{', '.join(map(str, dims))}]")
+    return ", ".join(parts)
+
+
+def _without_cache(model: nn.Module, kwargs: dict) -> tuple:
+    """HF models return a cache object export cannot flatten: capture with ``use_cache=False``
+    where the forward takes it and the caller did not set it. Returns (module, note)."""
     try:
-        ep = torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=_auto_dynamic(model, args, kwargs))
-        how = "torch.export (non-strict, dynamic shapes)"
-    except Exception:
-        ep = torch.export.export(model, args, kwargs, strict=False)
-        how = "torch.export (non-strict, static shapes: the pruned model keeps the example's sizes)"
-    return _from_exported(ep, args, kwargs, how)
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return model, ""
+    if "use_cache" not in params or "use_cache" in kwargs:
+        return model, ""
+    bound = copy.copy(model)  # same parameters and submodules, so the same names
+    bound.forward = functools.partial(type(model).forward, bound, use_cache=False)
+    return bound, "use_cache=False: no cache output (pass use_cache= to choose)"
+
+
+def _export_failure(e: Exception, kwargs: dict) -> str:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if kwargs.get("use_cache") and "cache" in str(e).lower():
+        return (f"the model returns a cache object torch.export cannot flatten ({first[:120]}); "
+                "Fix: pass use_cache=False in example_kwargs")
+    return f"{type(e).__name__}: {first}"
+
+
+def _export(model: nn.Module, args: tuple, kwargs: dict) -> Captured:
+    """Non-strict torch.export, batch and sequence dims dynamic (Note [Dynamic dims]); static if that fails."""
+    target, note = _without_cache(model, kwargs)
+    big_args, big_kwargs = _inflate(args, kwargs)
+    try:
+        ep = torch.export.export(target, big_args, big_kwargs, strict=False,
+                                 dynamic_shapes=_auto_dynamic(target, big_args, big_kwargs))
+        if not _dynamic_summary(ep):  # nothing stayed dynamic: analyse at the caller's sizes
+            raise ValueError("export specialized every marked dim")
+        how = f"torch.export (non-strict, dynamic shapes: {_dynamic_summary(ep)}; other dims static)"
+    except Exception as e:
+        try:
+            ep = torch.export.export(target, args, kwargs, strict=False)
+        except Exception as static_error:
+            raise CaptureError(_export_failure(static_error, kwargs)) from static_error
+        big_args, big_kwargs = args, kwargs
+        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        how = ("torch.export (non-strict, static shapes: the pruned model keeps the example's sizes; "
+               f"dynamic failed: {why})")
+    if note:
+        how = how[:-1] + f"; {note})"
+    cap = _from_exported(ep, big_args, big_kwargs, how)
+    cap.gm.meta["fxprune_capture_kwargs"] = {"use_cache": False} if note else {}
+    return cap
 
 
 def _from_exported(ep, args: tuple, kwargs: dict, how: str = "ExportedProgram") -> Captured:

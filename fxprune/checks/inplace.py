@@ -1,149 +1,223 @@
 """In-place application: resize the user's own modules, then prove the eager model agrees.
 
+Note [In place]
+~~~~~~~~~~~~~~~
 For users who must keep their model class (HF ``save_pretrained``): the pruned
-tensors are swapped into the original parameters (``param.data``, so tied
-weights stay tied and references stay valid), module attributes are
-recomputed, and the eager forward is compared with the pruned graph on the
-example inputs. On any disagreement the model is restored and an error says
-what the forward still hard-codes.
+tensors are swapped into the original parameters and buffers (``tensor.data``,
+so tied weights stay tied and references stay valid), every attribute derived
+from a pruned size is synced from one table (Note [Attribute table] in
+attr_sync.py), and the eager forward is compared with the pruned graph on the
+example inputs; they must agree to a few ulps, as they run the same kernels.
+
+It is one transaction: whatever fails (a tensor that cannot be swapped, an
+attribute that cannot be derived, an eager forward that disagrees or crashes),
+the model comes back bit for bit as it was: the storage of every tensor, every
+module attribute, ``requires_grad``, ``training``. The check itself runs in eval
+mode without gradients and leaves no trace either, so BatchNorm statistics are
+not updated and dropout cannot make it fail. On success only the resized
+tensors, the synced attributes and the stale ``.grad`` of resized parameters
+change; an optimizer built before still holds state of the old sizes.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from operator import attrgetter
+from typing import Optional
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.utils._pytree import tree_flatten
 
 from fxprune.passes import get_channel_meta
 
 from ..errors import FxPruneError
+from .attr_sync import GraphArgs, SyncPlan, apply_sync, plan_sync
 from .compare import plain_outputs, relative_error
 
 __all__ = ["apply_inplace", "InPlaceMismatchError"]
 
 
 class InPlaceMismatchError(FxPruneError):
-    """The eager model, resized in place, does not compute what the pruned graph computes."""
+    """The eager model, resized in place, does not compute what the pruned graph computes
+    (or could not be resized); the model was restored."""
 
 
-def _linear(m: nn.Linear) -> dict:
-    return {"in_features": m.weight.shape[1], "out_features": m.weight.shape[0]}
+def _param_targets(dg) -> list:
+    """Qualified names of the tensors the analysis read."""
+    return list(dg.param_names)
 
 
-def _conv(m) -> dict:
-    w = m.weight
-    if m.transposed:
-        return {"in_channels": w.shape[0], "out_channels": w.shape[1] * m.groups}
-    return {"out_channels": w.shape[0], "in_channels": w.shape[1] * m.groups}
+def _find(root: nn.Module, target: str) -> Optional[torch.Tensor]:
+    try:
+        t = attrgetter(target)(root)
+    except AttributeError:  # a constant export lifted (``lifted_tensor_0``) is not a model attribute
+        return None
+    return t if isinstance(t, torch.Tensor) else None
 
 
-def _norm(m) -> dict:
-    return {"num_features": next(t for t in (m.weight, m.running_mean) if t is not None).shape[0]}
+class _Transaction:
+    """What in-place pruning (or a forward) may change, and how to put it back bit for bit."""
+
+    def __init__(self, model: nn.Module, buffer_values: bool = False):
+        self.modules = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
+                        for m in model.modules()]
+        self.tensors: list = []  # (tensor, its former data, requires_grad)
+        unique = {id(b): b for b in model.buffers()}.values()
+        self.values = [(b, b.detach().clone()) for b in unique] if buffer_values else []
+
+    def swap(self, t: torch.Tensor, new: torch.Tensor) -> None:
+        self.tensors.append((t, t.data, t.requires_grad))
+        t.data = new
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for m, attrs, params, buffers, mods in self.modules:
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
+            for live, saved in ((m._parameters, params), (m._buffers, buffers), (m._modules, mods)):
+                live.clear()
+                live.update(saved)
+        for t, data, requires_grad in reversed(self.tensors):
+            t.data = data
+            if t.requires_grad != requires_grad and t.is_leaf:
+                t.requires_grad_(requires_grad)
+        for b, value in self.values:
+            if b.shape == value.shape:
+                b.copy_(value)
 
 
-def _layer_norm(m) -> dict:
-    return {"normalized_shape": tuple(m.weight.shape)} if m.weight is not None else {}
+@contextmanager
+def _without_side_effects(model: nn.Module, graph: nn.Module):
+    """Eval mode, no gradients, and every module attribute and buffer value put back afterwards."""
+    state = _Transaction(model, buffer_values=True)
+    flags = [(m, m.training) for m in graph.modules()]
+    try:
+        for m in (*model.modules(), *graph.modules()):
+            m.training = False  # export's GraphModule refuses .eval(); the flag is what modules read
+        with torch.no_grad():
+            yield
+    finally:
+        state.restore()
+        for m, flag in flags:
+            m.training = flag
 
 
-def _embedding(m: nn.Embedding) -> dict:
-    return {"num_embeddings": m.weight.shape[0], "embedding_dim": m.weight.shape[1]}
-
-
-# attributes that follow from parameter shapes, by module type
-_ATTRS: dict = {
-    nn.Linear: _linear, nn.Conv1d: _conv, nn.Conv2d: _conv, nn.Conv3d: _conv, nn.ConvTranspose1d: _conv,
-    nn.ConvTranspose2d: _conv, nn.ConvTranspose3d: _conv, nn.BatchNorm1d: _norm, nn.BatchNorm2d: _norm,
-    nn.BatchNorm3d: _norm, nn.LayerNorm: _layer_norm, nn.Embedding: _embedding,
-}
-
-
-def _attr_fn(m: nn.Module) -> Callable | None:
-    for base in type(m).__mro__:
-        if base in _ATTRS:
-            return _ATTRS[base]
-    return None
-
-
-def _owner(root: nn.Module, target: str):
-    path, _, name = target.rpartition(".")
-    return (root.get_submodule(path) if path else root), name
-
-
-def _snapshot(model: nn.Module) -> list:
-    """(module, attribute, value) for everything in-place pruning may change."""
-    saved = [(p, "data", p.data) for p in [*model.parameters(), *model.buffers()]]
-    for m in model.modules():
-        for k, v in vars(m).items():
-            if isinstance(v, (int, tuple)) and not k.startswith("_"):
-                saved.append((m, k, v))
-    return saved
-
-
-def _restore(saved: list) -> None:
-    for obj, attr, value in saved:
-        setattr(obj, attr, value)
-
-
-def _swap_tensors(model: nn.Module, dg, pruned: fx.GraphModule) -> tuple:
-    """Swap pruned data into the model's tensors; return the touched modules and the old sizes."""
-    touched, old_sizes = set(), set()
-    for target in dg.param_names:
-        owner, name = _owner(model, target)
-        old = getattr(owner, name)
-        new = getattr(*_owner(pruned, target))
-        if isinstance(old, torch.Tensor) and old.shape != new.shape:
+def _swap_tensors(model: nn.Module, dg, pruned: fx.GraphModule, tx: _Transaction) -> tuple:
+    """Swap pruned data into the model's tensors; return (resized parameters, old sizes, resized constants)."""
+    resized, old_sizes, constants = [], set(), []
+    for target in _param_targets(dg):
+        new, old = _find(pruned, target), _find(model, target)
+        if new is None:
+            continue
+        if old is None:
+            before = _find(dg.gm, target)
+            if before is not None and before.shape != new.shape:
+                constants.append(target)
+            continue
+        if old.shape != new.shape:
             old_sizes.update(a for a, b in zip(old.shape, new.shape) if a != b)
-            old.data = new.detach().to(old.dtype)
-            touched.add(owner)
-    return touched, old_sizes
+            tx.swap(old, new.detach().to(old.dtype))
+            resized.append(old)
+    return resized, old_sizes, constants
 
 
-def _set_attrs(model: nn.Module, dg, pruned: fx.GraphModule, touched: set) -> None:
-    for node in dg.gm.graph.nodes:  # attributes the graph rewrite recomputed (call_module nodes)
+def _set_graph_attrs(model: nn.Module, dg, pruned: fx.GraphModule) -> None:
+    """Attributes the graph rewrite recomputed for modules the graph calls (symbolic_trace)."""
+    for node in dg.gm.graph.nodes:
         if node.op == "call_module":
             for edit in get_channel_meta(node).attr_edits:
                 owner_path, _, attr = f"{node.target}.{edit.name}".rpartition(".")
                 setattr(model.get_submodule(owner_path), attr, getattr(pruned.get_submodule(owner_path), attr))
-    for m in touched:  # modules the graph called through their parameters (torch.export)
-        fn = _attr_fn(m)
-        for k, v in (fn(m) if fn else {}).items():
-            setattr(m, k, type(getattr(m, k))(v) if isinstance(getattr(m, k), tuple) else v)
-        if isinstance(m, nn.RNNBase):
-            m._init_flat_weights()
 
 
-def _stale_hints(model: nn.Module, sizes: set) -> str:
-    """Integer attributes of non-standard modules equal to a size that pruning changed."""
-    hints = [f"{name or type(model).__name__}.{k}={v}" for name, m in model.named_modules() if _attr_fn(m) is None
+def _tolerance(outputs) -> float:
+    """Eager and graph run the same kernels: they agree bit for bit when the function is the same
+    (measured on 23 HF families). A few ulps of the coarsest output dtype are allowed; a forward that
+    reads a pruned size as a number (an attention scale) differs by more, even on random weights."""
+    dtypes = [t.dtype for t in tree_flatten(outputs)[0] if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    return max((8 * torch.finfo(d).eps for d in dtypes), default=1e-6)
+
+
+def _check(model: nn.Module, dg, pruned: fx.GraphModule, rtol: Optional[float]) -> Optional[str]:
+    """None if the eager model computes what the pruned graph computes on the example, else why not."""
+    args, kwargs = dg.example_args, dict(dg.example_kwargs)
+    capture_kwargs = dg.gm.meta.get("fxprune_capture_kwargs", {})  # e.g. use_cache=False
+    with _without_side_effects(model, pruned):
+        try:
+            graph = pruned(*args, **kwargs)
+        except Exception as e:
+            return f"the pruned graph fails on the example: {type(e).__name__}: {_first_line(e)}"
+        try:
+            eager = model(*args, **{**capture_kwargs, **kwargs})
+        except Exception as e:
+            return f"the eager forward fails: {type(e).__name__}: {_first_line(e)}"
+    err = relative_error(plain_outputs(graph), plain_outputs(eager))
+    rtol = _tolerance(graph) if rtol is None else rtol
+    return None if err <= rtol else f"outputs differ (max relative error {err:.2e} > {rtol:.0e})"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _stale_hints(model: nn.Module, plan: SyncPlan, sizes: set) -> str:
+    """Integer attributes equal to a size pruning changed that no table entry syncs."""
+    hints = [f"{name or type(model).__name__}.{k}={v}" for name, m in model.named_modules()
              for k, v in vars(m).items()
-             if isinstance(v, int) and not isinstance(v, bool) and not k.startswith("_") and v in sizes]
+             if isinstance(v, int) and not isinstance(v, bool) and not k.startswith("_") and v in sizes
+             and not plan.covered(name, k)]
     return ", ".join(hints[:8])
 
 
+def _explain(model: nn.Module, problem: str, unsynced: list, constants: list, hints: str) -> str:
+    lines = [f"in-place pruning of {type(model).__name__} was undone: {problem}. The pruned graph is right, "
+             "but the model's own forward does not compute it."]
+    if unsynced:
+        lines.append("Attributes that could not be synced: "
+                     + "; ".join(f"{name} ({why})" for name, why in unsynced[:8]) + ".")
+    if constants:
+        lines.append(f"Constants the forward creates itself were pruned in the graph: {', '.join(constants[:8])}.")
+    lines.append(f"Integer attributes equal to a pruned size that no rule syncs: {hints or 'none found'}.")
+    if hasattr(model, "config"):
+        lines.append(f"{type(model).__name__}.config is not updated by this step: a forward that reads sizes from "
+                     "it (Phi-3's query width) still sees the old ones.")
+    lines.append("Fix: prune only groups the forward infers (e.g. whole heads with view(..., -1, head_dim)), "
+                 "update those attributes/config yourself, or use the returned GraphModule.")
+    return "\n".join(lines)
+
+
 def apply_inplace(model: nn.Module, dg, pruned: fx.GraphModule, pruned_sizes: set = frozenset(),
-                  rtol: float = 1e-4) -> nn.Module:
-    """Resize ``model`` itself to match ``pruned``; raise (and restore ``model``) if they disagree."""
+                  rtol: Optional[float] = None) -> nn.Module:
+    """Resize ``model`` itself to match ``pruned``, as one transaction (Note [In place]).
+
+    Raises :class:`InPlaceMismatchError` (``model`` restored bit for bit) when the eager
+    forward of the resized model does not compute what ``pruned`` computes (within ``rtol``,
+    by default a few ulps of the output dtype).
+    """
     if dg.lifted:
         raise FxPruneError("in-place pruning needs the model itself; this graph came from torch.compile "
                            "(parameters as inputs): use the returned GraphModule instead")
-    saved = _snapshot(model)
-    touched, old_sizes = _swap_tensors(model, dg, pruned)
-    _set_attrs(model, dg, pruned, touched)
-    args, kwargs = dg.example_args, dg.example_kwargs
+    tx = _Transaction(model)
     try:
-        with torch.no_grad():
-            eager, graph = model(*args, **kwargs), pruned(*args, **kwargs)
-        err = relative_error(plain_outputs(graph), plain_outputs(eager))
-        problem = None if err <= rtol else f"outputs differ (max relative error {err:.2e})"
-    except Exception as e:  # the eager forward no longer runs
-        problem = f"the eager forward fails: {type(e).__name__}: {str(e).splitlines()[0]}"
+        plan = plan_sync(model, GraphArgs(dg.gm))
+        resized, old_sizes, constants = _swap_tensors(model, dg, pruned, tx)
+        _set_graph_attrs(model, dg, pruned)
+        unsynced = apply_sync(model, plan, GraphArgs(pruned), setattr)
+        problem = _check(model, dg, pruned, rtol)
+    except Exception as e:
+        tx.restore()
+        raise InPlaceMismatchError(f"in-place pruning of {type(model).__name__} failed and was undone: "
+                                   f"{type(e).__name__}: {_first_line(e)}") from e
+    except BaseException:
+        tx.restore()
+        raise
     if problem:
-        _restore(saved)
-        raise InPlaceMismatchError(
-            f"in-place pruning of {type(model).__name__} was undone: {problem}. The pruned graph is right, "
-            "but the model's Python forward hard-codes a size that only the graph rewrite could change. "
-            f"Integer attributes that may need updating: {_stale_hints(model, old_sizes | set(pruned_sizes)) or 'none found'}. "
-            "Fix: prune only groups the forward infers (e.g. heads through view(..., -1, head_dim)), update "
-            "those attributes/config yourself, or use the returned GraphModule.")
+        tx.restore()
+        hints = _stale_hints(model, plan, old_sizes | set(pruned_sizes))
+        raise InPlaceMismatchError(_explain(model, problem, unsynced, constants, hints))
+    for p in resized:
+        if p.grad is not None and p.grad.shape != p.shape:
+            p.grad = None  # a gradient of the old size
     return model

@@ -1,6 +1,6 @@
 """The rule table. Importing this package registers every rule."""
-from . import attention, index, linear, norm, pointwise, reduce, sequence, shape, sizes, spatial  # noqa: F401
+from . import attention, gather, index, linear, norm, pointwise, reduce, sequence, shape, sizes, spatial  # noqa: F401
 from . import aten  # noqa: F401  (aliases onto the rules above: import last)
 
-__all__ = ["attention", "aten", "index", "linear", "norm", "pointwise", "reduce", "sequence", "shape", "sizes",
+__all__ = ["attention", "aten", "gather", "index", "linear", "norm", "pointwise", "reduce", "sequence", "shape", "sizes",
            "spatial"]

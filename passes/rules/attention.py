@@ -18,10 +18,10 @@ __all__ = ["matmul", "einsum", "addmm", "sdpa", "multihead_attention", "contract
 def contract_pair(ctx: RuleContext, a: TV, da: int, b: TV, db: int) -> None:
     """Equate a contracted axis; a parameter operand records it as its consumer dim."""
     ctx.unify(a.dims[da], b.dims[db])
-    if a.source is not None or b.source is not None:
+    if a.param_dim(da) is not None or b.param_dim(db) is not None:
         for t, d in ((a, da), (b, db)):
-            if t.source is not None:
-                ctx.analyzer.mark_consumer(t.source, d)
+            if t.param_dim(d) is not None:
+                ctx.analyzer.mark_consumer(t.source, t.param_dim(d))
     else:
         ctx.mixing(a.dims[da], "contraction of two activations")
 
@@ -104,9 +104,9 @@ def einsum(ctx: RuleContext) -> TV:
         for t, d in occ[1:]:
             ctx.unify(t0.dims[d0], t.dims[d])
         if c not in rhs:
-            params = [(t, d) for t, d in occ if t.source is not None]
+            params = [(t, d) for t, d in occ if t.param_dim(d) is not None]
             for t, d in params:
-                ctx.analyzer.mark_consumer(t.source, d)
+                ctx.analyzer.mark_consumer(t.source, t.param_dim(d))
             if not params:
                 ctx.mixing(t0.dims[d0], "einsum contraction")
     return ctx.result([where[c][0][0].dims[where[c][0][1]] if c in where else UNIT for c in rhs])

@@ -59,13 +59,20 @@ def dims_arg(ctx: RuleContext, raw, ndim: int) -> list:
 
 
 def pin_mixed_dynamic(ctx: RuleContext, layout) -> None:
-    """A run-time size of a dimension mixing prunable and dynamic axes cannot be rewritten: pin."""
-    axes = ctx.axes
-    atoms = axes.atoms(layout)
-    if any(axes.is_dynamic(a) for a in atoms):
-        static = [a for a in atoms if not axes.is_dynamic(a)]
-        if static:
-            ctx.pin(tuple((a,) for a in static), f"run-time size mixes prunable and dynamic axes at {ctx.where}")
+    """A run-time size of a dimension mixing prunable and dynamic axes cannot be rewritten: pin.
+
+    Checked now and again once the whole graph is analysed: a dimension still fresh here
+    (``expand(x, [4 * b, n, n])``) may later turn out to be batch times heads."""
+    def check() -> None:
+        axes = ctx.axes
+        atoms = axes.atoms(layout)
+        if any(axes.is_dynamic(a) for a in atoms):
+            static = [a for a in atoms if not axes.is_dynamic(a)]
+            if static:
+                ctx.pin(tuple((a,) for a in static), f"run-time size mixes prunable and dynamic axes at {ctx.where}")
+
+    check()
+    ctx.analyzer.deferred.append(check)
 
 
 def pin_moving_bounds(ctx: RuleContext, layout, bounds) -> None:

@@ -149,6 +149,11 @@ def _slice_dim(ctx: RuleContext, x: TV, d: int, sl: slice, path: tuple):
 def _tensor_getitem(ctx: RuleContext, x: TV) -> TV:
     raw = ctx.arg(1)
     items, path = (list(raw), ("args", 1)) if isinstance(raw, tuple) else ([raw], None)
+    if any(isinstance(it, list) or isinstance(ctx.v(it), TV) for it in items
+           if it is not None and it is not Ellipsis and not isinstance(it, slice)):
+        from .gather import tensor_getitem  # imports this module
+
+        return tensor_getitem(ctx, x, items)  # advanced indexing: Note [Index tensors]
     used = sum(1 for it in items if it is not None and it is not Ellipsis)
     dims, d = [], 0
     for k, it in enumerate(items):
@@ -164,7 +169,7 @@ def _tensor_getitem(ctx: RuleContext, x: TV) -> TV:
             ctx.pin(x.dims[d], f"integer index at {ctx.where}")
             d += 1
         else:
-            raise RuleError("advanced (tensor) indexing")
+            raise RuleError(f"index {it!r}")
     dims.extend(x.dims[d:])
     return ctx.result(dims)
 

@@ -108,7 +108,7 @@ def permute(ctx: RuleContext) -> TV:
     x = ctx.tensor(0, "input")
     raws, _ = _size_args(ctx, 1, "dims")
     order = [ctx.dim(int(ctx.v(r).value), x.ndim) for r in raws]
-    return ctx.result([x.dims[k] for k in order])
+    return ctx.param_view(x, [x.dims[k] for k in order], order)
 
 
 @register(torch.transpose, method("transpose"), torch.swapaxes, method("swapaxes"),
@@ -116,15 +116,16 @@ def permute(ctx: RuleContext) -> TV:
 def transpose(ctx: RuleContext) -> TV:
     x = ctx.tensor(0, "input")
     a, b = ctx.dim(ctx.const(1, "dim0"), x.ndim), ctx.dim(ctx.const(2, "dim1"), x.ndim)
-    dims = list(x.dims)
-    dims[a], dims[b] = dims[b], dims[a]
-    return ctx.result(dims)
+    order = list(range(x.ndim))
+    order[a], order[b] = b, a
+    return ctx.param_view(x, [x.dims[k] for k in order], order)
 
 
 @register(torch.t, method("t"))
 def matrix_t(ctx: RuleContext) -> TV:
     x = ctx.tensor(0, "input")
-    return ctx.result(tuple(reversed(x.dims)))
+    order = list(reversed(range(x.ndim)))
+    return ctx.param_view(x, [x.dims[k] for k in order], order)
 
 
 @register(torch.movedim, method("movedim"), torch.moveaxis, method("moveaxis"))

@@ -53,7 +53,8 @@ def tensor_getattr(ctx: RuleContext):
     if name in ("T", "mT", "H", "mH"):
         if obj.ndim != 2 and name in ("T", "H"):
             raise RuleError("T of a non-matrix")
-        return ctx.result(obj.dims[:-2] + (obj.dims[-1], obj.dims[-2]))
+        order = [*range(obj.ndim - 2), obj.ndim - 1, obj.ndim - 2]
+        return ctx.param_view(obj, [obj.dims[k] for k in order], order)
     if isinstance(ctx.out, torch.Tensor):
         raise RuleError(f"tensor attribute {name!r}")
     return IV(ctx.out) if isinstance(ctx.out, (int, float, bool)) else OV(ctx.out)
