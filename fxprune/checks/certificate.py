@@ -30,12 +30,12 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-from torch.fx.node import map_aggregate
 from torch.utils._pytree import tree_map
 
 from fxprune.passes import fold_registry, rewrite_graph, runnable
 
 from ..errors import OracleMismatchError
+from .precision import cast_value, promote_casts
 from .compare import plain_outputs, relative_error
 
 __all__ = ["Certificate", "certify", "attach", "CERTIFICATE_KEY", "FLOAT32_RTOL", "FLOAT64_RTOL"]
@@ -123,22 +123,6 @@ def _why(numel: int, budget: Optional[int]) -> str:
             f"{(budget or 0) / 2**30:.1f} GiB free memory")
 
 
-def _cast(x, dtype):
-    if isinstance(x, nn.Parameter) and x.is_floating_point():
-        return nn.Parameter(x.detach().to(dtype), x.requires_grad)
-    return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
-
-
-def _promote_casts(module: nn.Module, dtype) -> None:
-    """Casts to float32 inside every graph of ``module`` become casts to ``dtype`` (norms upcast so)."""
-    swap = lambda a: dtype if a is torch.float32 else a  # noqa: E731
-    for gm in module.modules():
-        if isinstance(gm, torch.fx.GraphModule):
-            for node in gm.graph.nodes:
-                node.args, node.kwargs = map_aggregate(node.args, swap), map_aggregate(node.kwargs, swap)
-            gm.recompile()
-
-
 def _inputs(dg) -> tuple:
     lifted = set(dg.lifted)
     return tuple(x for i, x in enumerate(dg.example_args) if i not in lifted), dict(dg.example_kwargs)
@@ -195,14 +179,14 @@ def certify(dg, *, seed: int = 0, max_bytes: Optional[int] = None, raise_on_mism
     gm = dg.gm
     if dtype is not None:
         gm = copy.deepcopy(dg.gm).to(dtype)
-        args, kwargs = tree_map(lambda x: _cast(x, dtype), args), tree_map(lambda x: _cast(x, dtype), kwargs)
+        args, kwargs = tree_map(lambda x: cast_value(x, dtype), args), tree_map(lambda x: cast_value(x, dtype), kwargs)
     if why:
         notes.insert(0, why)
     gen = torch.Generator().manual_seed(seed)
     perm = {g.atom: torch.randperm(g.size, generator=gen) for g in dg.groups}
     ref_gm, perm_gm = runnable(gm), rewrite_graph(gm, perm)
     if dtype is torch.float64:
-        _promote_casts(ref_gm, dtype), _promote_casts(perm_gm, dtype)
+        promote_casts(ref_gm, dtype), promote_casts(perm_gm, dtype)
     error = relative_error(plain_outputs(ref_gm(*args, **kwargs)), plain_outputs(perm_gm(*args, **kwargs)))
     used = dtype or next((t.dtype for t in _tensors(dg.gm) if t.is_floating_point()), torch.float32)
     rtol = FLOAT64_RTOL if used is torch.float64 else FLOAT32_RTOL if used is torch.float32 else HALF_RTOL

@@ -15,13 +15,13 @@ from typing import Iterable, Optional
 import torch
 import torch.nn as nn
 from tabulate import tabulate
-from torch.fx.node import map_aggregate
 from torch.utils._pytree import tree_flatten, tree_map
 
 from fxprune.passes import fold_registry, get_channel_meta, rewrite_graph, runnable
 
 from ..errors import MetaDeviceError, OracleMismatchError
 from .compare import relative_error
+from .precision import cast_value, promote_casts
 
 __all__ = ["verify", "VerifyReport"]
 
@@ -53,25 +53,6 @@ class VerifyReport:
         if self.skipped:
             text += f"\nremoval oracle skipped {len(self.skipped)} groups mixed by normalization/reduction"
         return text
-
-
-def _double(x):
-    if isinstance(x, nn.Parameter) and x.is_floating_point():  # stays a parameter: it gets lifted
-        return nn.Parameter(x.detach().double(), x.requires_grad)
-    return x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
-
-
-def _promote_float32_casts(gm) -> None:
-    """Casts to float32 inside the model (norms upcast so) become float64, so the oracles
-    measure couplings, not float32 rounding."""
-    swap = lambda a: torch.float64 if a is torch.float32 else a  # noqa: E731
-    for node in gm.graph.nodes:
-        if node.target is torch.ops.aten._assert_tensor_metadata.default:
-            # export's dtype checks: a tensor made without a dtype (ones(n)) stays float32 here
-            node.kwargs = {**node.kwargs, "dtype": None}
-            continue
-        node.args, node.kwargs = map_aggregate(node.args, swap), map_aggregate(node.kwargs, swap)
-    gm.recompile()
 
 
 @torch.no_grad()
@@ -146,15 +127,15 @@ def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = No
 
     _refuse_meta(model, example_inputs)
     model64 = copy.deepcopy(model).double().eval()
-    inputs = tree_map(_double, tuple(example_inputs) if not isinstance(example_inputs, torch.Tensor)
+    inputs = tree_map(cast_value, tuple(example_inputs) if not isinstance(example_inputs, torch.Tensor)
                       else (example_inputs,))
-    kwargs = tree_map(_double, dict(example_kwargs or {}))
+    kwargs = tree_map(cast_value, dict(example_kwargs or {}))
     dg = analyze(model64, inputs, kwargs, leaf_modules=leaf_modules, fold=fold)
     folds = fold_registry(dg.gm)
     if folds is not None:
         _check_folded_capture(model64, dg.gm, inputs, kwargs)
     for gm in (dg.gm, *(info.summary.gm for _, info in (folds.blocks if folds else ()))):
-        _promote_float32_casts(gm)
+        promote_casts(gm)
     inputs = tuple(x for i, x in enumerate(inputs) if i not in set(dg.lifted))  # now graph attributes
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
