@@ -27,6 +27,8 @@ import torch.nn as nn
 from fxprune.passes import runnable
 
 from ..api import analyze, apply
+from ..calib import REPAIRS, calibrate, check_inplace, repair as repair_layers
+from ..calib.allocation import coordinate_costs
 from .counting import count_macs, count_params
 from .importance import Taylor, get_importance
 from .selection import group_ratios, select_global, select_local
@@ -64,6 +66,11 @@ class PruneConfig:
         tolerance: relative tolerance of the target search.
         iterative_steps: prune in this many steps; ``schedule``: name in ``SCHEDULES`` or callable.
         leaf_modules: passed to :func:`fxprune.analyze`.
+        repair: ``None``, ``"bias"`` or ``"lstsq"``: refit every consumer of removed channels on the
+            calibration ``data`` (Note [Repair] in ``fxprune/calib/repair.py``); opt-in, reported in
+            ``fxprune.repair_report(result)``.
+        budget: what ``ratio`` counts under ``scope="global"``: ``"coordinates"`` or ``"params"``
+            (each coordinate weighs the parameters it removes, FLAP's compression weights).
     """
 
     ratio: float = 0.5
@@ -81,6 +88,8 @@ class PruneConfig:
     iterative_steps: int = 1
     schedule: Union[str, Callable] = "linear"
     leaf_modules: tuple = ()
+    repair: Optional[str] = None
+    budget: str = "coordinates"
 
     def __post_init__(self):
         for name, r in [("ratio", self.ratio)] + [(f"ratios[{k!r}]", v) for k, v in self.ratios.items()]:
@@ -97,6 +106,10 @@ class PruneConfig:
         for t in (self.target_macs, self.target_params):
             _check(t is None or t > 0, f"targets must be positive, got {t}")
         _check(0.0 < self.tolerance < 0.5, f"tolerance must be in (0, 0.5), got {self.tolerance}")
+        _check(self.repair is None or self.repair in REPAIRS, f"repair must be None or one of {REPAIRS}, "
+               f"got {self.repair!r}")
+        _check(self.budget in ("coordinates", "params"), f"budget must be 'coordinates' or 'params', "
+               f"got {self.budget!r}")
         object.__setattr__(self, "ignore", tuple(self.ignore))
         object.__setattr__(self, "leaf_modules", tuple(self.leaf_modules))
         get_importance(self.importance)  # unknown names fail here, not after analysis
@@ -119,7 +132,9 @@ def score_groups(dg, importance="l2", *, data: Optional[Iterable] = None, loss_f
         [torch.Size([8])]
     """
     crit = get_importance(importance)
-    if crit.needs_data and stats is None:
+    if getattr(crit, "needs_calibration", False) and stats is None:
+        stats = calibrate(dg, data, gram=crit.needs_gram)
+    elif crit.needs_data and stats is None:
         if data is None:
             raise ValueError(f"importance {importance!r} needs gradients: pass data=[(inputs, labels), ...] "
                              "(and loss_fn=lambda model, batch: loss if batches are not (x, y) for cross-entropy)")
@@ -132,7 +147,9 @@ def plan(dg, scores: dict, cfg: PruneConfig, ratio: Optional[float] = None) -> d
     """Keep-indices ``{group: indices}`` for one ratio (``cfg.ratio`` by default)."""
     ratio = cfg.ratio if ratio is None else ratio
     if cfg.scope == "global":
-        return select_global(scores, group_ratios(dg, cfg, cfg.max_ratio), ratio, cfg)
+        ratios = group_ratios(dg, cfg, cfg.max_ratio)
+        costs = coordinate_costs(dg, ratios) if cfg.budget == "params" else None
+        return select_global(scores, ratios, ratio, cfg, costs)
     return select_local(scores, group_ratios(dg, cfg, ratio), cfg)
 
 
@@ -195,20 +212,47 @@ def _absolute(target: float, original: int) -> float:
     return t
 
 
-def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None, *, data=None, loss_fn=None,
-          callback: Optional[Callable] = None, **options) -> fx.GraphModule:
+def _calibration(dg, crit, cfg: PruneConfig, data):
+    """One calibration pass for a calibrated criterion and/or a repair (None if neither)."""
+    if not (getattr(crit, "needs_calibration", False) or cfg.repair):
+        return None
+    groups = group_ratios(dg, cfg, cfg.max_ratio)
+    return calibrate(dg, data, gram=bool(cfg.repair) or crit.needs_gram, groups=groups)
+
+
+def _emit(dg, keep: dict, cfg: PruneConfig, cal, inplace: bool):
+    """The pruned model: rewritten, repaired if asked, and in place if asked."""
+    pruned = apply(dg, keep)
+    model = apply(dg, keep, inplace=True) if inplace else None
+    if cfg.repair:
+        repair_layers(dg, keep, pruned, cal, cfg.repair, model=model)
+    if not inplace:
+        return pruned
+    if cfg.repair:
+        check_inplace(model, pruned, dg)
+    return model
+
+
+def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None, *, example_kwargs=None, data=None,
+          loss_fn=None, callback: Optional[Callable] = None, inplace: bool = False, **options) -> fx.GraphModule:
     """Prune ``model`` structurally: score groups, pick channels, rewrite. ``model`` is not modified.
 
     Args:
         model: an ``nn.Module`` or ``fx.GraphModule`` (see :func:`fxprune.analyze`).
         example_inputs: tuple of positional inputs (also used to count MACs).
         config: a :class:`PruneConfig`; keyword ``options`` override its fields.
-        data: batches for data-driven criteria (``taylor``, ``hessian``); re-read at every step.
+        example_kwargs: keyword inputs (HF models), passed to :func:`fxprune.analyze`.
+        data: batches for data-driven criteria, re-read at every step: ``(x, y)`` for gradient
+            criteria (``taylor``, ``hessian``); model inputs for calibrated ones (``wanda``,
+            ``fluctuation``, ``obs``) and ``repair`` (a tensor, a tuple of positional inputs or a
+            dict of keyword inputs per batch; an ``(x, y)`` pair gives ``x``).
         loss_fn: ``(model, batch) -> loss``; default cross-entropy on ``(x, y)`` batches.
         callback: ``callback(step, model)`` after every step (1-based); may return a replacement model.
+        inplace: resize (and repair) the user's own modules (see :func:`fxprune.apply`) and return
+            ``model``; one step only.
 
     Returns:
-        The pruned ``fx.GraphModule``.
+        The pruned ``fx.GraphModule`` (``model`` itself with ``inplace=True``).
 
     Example::
 
@@ -221,22 +265,33 @@ def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None
         >>> half = fxprune.prune(net, x, target_macs=0.5, scope="global")
         >>> abs(fxprune.count_macs(half, x) / fxprune.count_macs(net, x) - 0.5) <= 0.01
         True
+        >>> batches = [torch.randn(8, 3, 16, 16) for _ in range(4)]
+        >>> fixed = fxprune.prune(net, x, ratio=0.5, importance="wanda", data=batches, repair="lstsq")
+        >>> fxprune.repair_report(fixed).layers[0].layer
+        '2'
     """
     cfg = dataclasses.replace(config, **options) if config is not None else PruneConfig(**options)
     crit = get_importance(cfg.importance)
     if crit.needs_data and data is None:
         raise ValueError(f"importance {cfg.importance!r} needs gradients: pass data=[(inputs, labels), ...] "
                          "and, unless batches are (x, y) for cross-entropy, loss_fn=lambda model, batch: loss")
+    if (getattr(crit, "needs_calibration", False) or cfg.repair) and data is None:
+        raise ValueError(f"importance {cfg.importance!r} / repair {cfg.repair!r} read activations: pass "
+                         "data=[batch, ...] of model inputs (the calibration set)")
+    if inplace and cfg.iterative_steps > 1:
+        raise ValueError("inplace=True prunes in one step: use iterative_steps=1, or prune a copy iteratively")
     counter = _counter(cfg, example_inputs)
     original = counter(model) if counter else None
     sched = SCHEDULES.get(cfg.schedule, cfg.schedule) if isinstance(cfg.schedule, str) else cfg.schedule
     current = model
     for k in range(1, cfg.iterative_steps + 1):
         step_cfg, target = _step_config(cfg, k, sched, original)
-        dg = analyze(current, example_inputs, leaf_modules=cfg.leaf_modules)
-        scores = score_groups(dg, crit, data=data, loss_fn=loss_fn)
+        dg = analyze(current, example_inputs, example_kwargs, leaf_modules=cfg.leaf_modules)
+        cal = _calibration(dg, crit, cfg, data)
+        scores = score_groups(dg, crit, data=data, loss_fn=loss_fn,
+                              stats=cal if getattr(crit, "needs_calibration", False) else None)
         keep = _search(dg, scores, step_cfg, counter, target) if target else plan(dg, scores, step_cfg)
-        current = apply(dg, keep)
+        current = _emit(dg, keep, cfg, cal, inplace)
         if callback is not None:
             current = callback(k, current) or current
     return current

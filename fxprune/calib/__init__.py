@@ -1,0 +1,13 @@
+"""Calibrated pruning: activation statistics, data-aware criteria and layer repair.
+
+``fxprune.prune(model, inputs, importance="wanda" | "fluctuation" | "obs", data=batches,
+repair=None | "bias" | "lstsq")`` uses all of it; the pieces are here for direct use:
+:func:`calibrate` (Note [Calibration pass]), the criteria (Note [Calibrated scores])
+and :func:`repair` (Note [Repair]).
+"""
+from .collect import Calibration, ConsumerStats, batch_inputs, calibrate
+from .criteria import DAMPING, OBS, Calibrated, Fluctuation, Wanda
+from .repair import REPAIRS, LayerRepair, RepairReport, check_inplace, repair, repair_report
+
+__all__ = ["Calibration", "ConsumerStats", "batch_inputs", "calibrate", "DAMPING", "OBS", "Calibrated",
+           "Fluctuation", "Wanda", "REPAIRS", "LayerRepair", "RepairReport", "check_inplace", "repair", "repair_report"]
