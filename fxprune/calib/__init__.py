@@ -7,7 +7,8 @@ and :func:`repair` (Note [Repair]).
 """
 from .collect import Calibration, ConsumerStats, batch_inputs, calibrate
 from .criteria import DAMPING, OBS, Calibrated, Fluctuation, Wanda
-from .repair import REPAIRS, LayerRepair, RepairReport, check_inplace, repair, repair_report
+from .repair import (REPAIRS, LayerRepair, RepairPlan, RepairReport, check_inplace, plan_repair, repair,
+                     repair_report)
 
 __all__ = ["Calibration", "ConsumerStats", "batch_inputs", "calibrate", "DAMPING", "OBS", "Calibrated",
-           "Fluctuation", "Wanda", "REPAIRS", "LayerRepair", "RepairReport", "check_inplace", "repair", "repair_report"]
+           "Fluctuation", "Wanda", "REPAIRS", "LayerRepair", "RepairReport", "RepairPlan", "plan_repair", "check_inplace", "repair", "repair_report"]

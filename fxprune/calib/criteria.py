@@ -8,10 +8,12 @@ contracted coordinates) and the site's statistics give ``x``:
 
 * ``wanda``: column ``j`` scores ``sum_i |M_ij| * ||x_j||`` (``||x_j|| = sqrt(E[x_j^2])``);
 * ``fluctuation`` (FLAP): ``Var(x_j) * ||M_:j||^2``, the output variance column ``j`` carries;
-* ``obs``: the output error ``E||M x - M' x'||^2`` left after removing the coordinate and
-  refitting every other column optimally (the ridge least squares of ``repair="lstsq"``):
-  ``tr(M_S ([H^-1]_SS)^-1 M_S^T)`` with ``H = E[x x^T] + lambda I`` and ``S`` the coordinate's
-  columns.
+* ``obs``: the output error ``E||M x - M' x||^2`` left after removing the coordinate and
+  refitting every other column (the optimal brain surgeon update with ``H = E[x x^T] + lambda I``,
+  which is the damped least squares of ``repair="lstsq"``): with ``S`` the coordinate's columns,
+  ``A = [H^-1]_SS`` and ``B = [H^-1 G H^-1]_SS``, the error is ``tr(M_S A^-1 B A^-1 M_S^T)``
+  (``tr(M_S A^-1 M_S^T)`` when ``lambda = 0``). Measured with ``G``, not ``H``, so an input that
+  is always zero scores 0 whatever its weights.
 
 A coordinate owns every flat column its layout maps to it (a head: all its
 ``head_dim`` columns), so wanda and fluctuation sum them and obs removes them as
@@ -32,15 +34,14 @@ from . import adapter
 from .collect import Calibration, ConsumerStats
 from .sites import as_matrix
 
-__all__ = ["Calibrated", "Wanda", "Fluctuation", "OBS", "DAMPING", "damped"]
+__all__ = ["Calibrated", "Wanda", "Fluctuation", "OBS", "DAMPING", "ridge"]
 
 DAMPING = 0.01  # lambda = DAMPING * mean(diag(E[x x^T])), as SparseGPT's percdamp
 
 
-def damped(g: torch.Tensor, damping: float) -> torch.Tensor:
-    """``g + lambda I`` with ``lambda = damping * mean(diag(g))`` (a floor keeps a zero ``g`` invertible)."""
-    lam = damping * g.diagonal().mean().clamp_min(1e-12) if damping > 0 else g.new_tensor(0.0)
-    return g + lam * torch.eye(g.shape[0], dtype=g.dtype)
+def ridge(g: torch.Tensor, damping: float) -> float:
+    """``lambda = damping * mean(diag(g))`` (a floor keeps a zero ``g`` invertible)."""
+    return damping * max(float(g.diagonal().mean()), 1e-12) if damping > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -114,18 +115,22 @@ class OBS(Calibrated):
     needs_gram = True
 
     def consumer(self, m, st, coords, size):
-        hinv = torch.cholesky_inverse(torch.linalg.cholesky(damped(st.moment, self.damping)))
+        g = st.moment
+        h = g + ridge(g, self.damping) * torch.eye(g.shape[0], dtype=g.dtype)
+        hinv = torch.linalg.pinv(h, hermitian=True)
+        p = hinv @ g @ hinv
         mask = coords >= 0
+        out = torch.zeros(size, dtype=torch.float64)
         if bool((torch.bincount(coords[mask], minlength=size) <= 1).all()):  # one column each: closed form
             cols = torch.nonzero(mask).flatten()
-            out = torch.zeros(size, dtype=torch.float64)
-            return out.index_put_((coords[cols],), m[:, cols].pow(2).sum(0) / hinv.diagonal()[cols])
-        out = torch.zeros(size, dtype=torch.float64)
+            a = hinv.diagonal()[cols]
+            err = m[:, cols].pow(2).sum(0) * p.diagonal()[cols] / a.pow(2).clamp_min(1e-300)
+            return out.index_put_((coords[cols],), err)
         for c in range(size):
             s = torch.nonzero(coords == c).flatten()
             if s.numel():
-                ms = m[:, s]
-                out[c] = (torch.linalg.solve(hinv[s][:, s], ms.T) * ms.T).sum()
+                x = torch.linalg.lstsq(hinv[s][:, s], m[:, s].T).solution
+                out[c] = ((p[s][:, s] @ x) * x).sum()
         return out
 
 

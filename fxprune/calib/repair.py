@@ -11,11 +11,15 @@ the *original* model (``mu = E[x]``, ``G = E[x x^T]``), each consumer on its own
   (``nn.Linear``/``nn.Conv*``) or a new parameter named ``<layer>.bias`` wired
   into the op (``F.linear``/``aten.linear``/conv: the bias argument; ``x @ W``: an
   added ``+ b`` node).
-* ``"lstsq"`` (ridge least squares, as OSSCAR/SlimGPT): the kept columns become
-  ``W'_K = W G[:, K] (G[K, K] + lambda I)^-1``, the minimiser of
-  ``E||W x - W'_K x_K||^2 + lambda ||W'_K||^2``; exact when ``x_R`` is a linear
-  function of ``x_K`` and ``lambda = 0``. ``lambda = damping * mean(diag(G[K, K]))``,
-  ``damping`` 0.01 by default (:data:`fxprune.calib.criteria.DAMPING`).
+* ``"lstsq"`` (damped least squares, as SparseGPT/SlimGPT's OBS update): the kept
+  columns become ``W'_K = (W G[:, K] + lambda W_K) (G[K, K] + lambda I)^-1``, the
+  minimiser of ``E||W x - W'_K x_K||^2 + lambda ||W'_K - W_K||^2``; exact when ``x_R``
+  is a linear function of ``x_K`` and ``lambda = 0``. ``lambda = damping *
+  mean(diag(G))``, ``damping`` 0.01 by default (:data:`fxprune.calib.criteria.DAMPING`).
+  The ridge pulls toward the original weights, not toward zero as the plain ridge
+  ``W G[:, K] (G[K, K] + lambda I)^-1`` does: a poorly observed input keeps its weight
+  instead of shrinking, and the repair is exactly the update whose error ``importance="obs"``
+  scores.
 
 A repair changes parameter values (and may add a bias), never a coupling or a
 shape the analysis derived, so everything it does not touch stays exact under
@@ -39,10 +43,11 @@ from tabulate import tabulate
 
 from . import adapter
 from .collect import Calibration
-from .criteria import DAMPING, damped
+from .criteria import DAMPING, ridge
 from .sites import COMPUTED, Site, as_matrix, from_matrix, getattr_path
 
-__all__ = ["REPAIRS", "LayerRepair", "RepairReport", "repair", "repair_report", "check_inplace"]
+__all__ = ["REPAIRS", "LayerRepair", "RepairReport", "RepairPlan", "plan_repair", "repair", "repair_report",
+           "check_inplace"]
 
 REPAIRS = ("bias", "lstsq")
 REPORT_KEY = "fxprune_repair"
@@ -147,7 +152,9 @@ def _one(dg, cal: Calibration, site: Site, keep: dict, method: str, damping: flo
         edit.bias = _new_bias(dg, cal, site, keep, delta, w.dtype)
         row.note = "bias added" if site.bias is None else ""
         return edit
-    fitted = torch.linalg.solve(damped(g[k][:, k], damping), (m @ g[:, k]).T).T
+    lam = ridge(g, damping)
+    h = g[k][:, k] + lam * torch.eye(len(k), dtype=g.dtype)
+    fitted = torch.linalg.lstsq(h, (m @ g[:, k] + lam * m[:, k]).T).solution.T
     full = torch.zeros_like(m)
     full[:, k] = fitted
     row.after = _quad(m - full, g) / energy
@@ -255,9 +262,43 @@ def _write_module(model: nn.Module, edits: list) -> None:
             mod.bias = nn.Parameter(e.bias.to(mod.weight.device).clone())
 
 
+@dataclass
+class RepairPlan:
+    """Repairs computed from the original weights, ready to write into a pruned model."""
+
+    edits: list
+    report: RepairReport
+
+    def write(self, pruned: fx.GraphModule) -> None:
+        """Into the pruned GraphModule (``fxprune.apply(dg, keep)``); attaches the report."""
+        _write_graph(pruned, self.edits)
+        pruned.meta[REPORT_KEY] = self.report
+
+    def write_module(self, model: nn.Module) -> None:
+        """Into the user's model, already pruned in place (``fxprune.apply(dg, keep, inplace=True)``)."""
+        _write_module(model, self.edits)
+
+
 @torch.no_grad()
+def plan_repair(dg, keep: dict, cal: Calibration, method: str = "lstsq", *, damping: float = DAMPING,
+                inplace_model: Optional[nn.Module] = None) -> RepairPlan:
+    """Compute the repair of every consumer of the removed coordinates (Note [Repair]).
+
+    Reads the original weights of ``dg``: call it before ``apply(dg, keep, inplace=True)``
+    resizes them. ``inplace_model``: the model that will be pruned in place (consumers whose
+    new bias has no slot there are skipped).
+    """
+    if method not in REPAIRS:
+        raise ValueError(f"repair must be one of {REPAIRS} or None, got {method!r}")
+    if not cal.gram:
+        raise ValueError("repairs need Gram matrices: calibrate(dg, data, gram=True)")
+    if damping < 0:
+        raise ValueError(f"damping must be >= 0, got {damping}")
+    return RepairPlan(*_plan(dg, keep, cal, method, damping, inplace_model))
+
+
 def repair(dg, keep: dict, pruned: fx.GraphModule, cal: Calibration, method: str = "lstsq", *,
-           damping: float = DAMPING, model: Optional[nn.Module] = None) -> RepairReport:
+           damping: float = DAMPING) -> RepairReport:
     """Repair every consumer of the removed coordinates of ``pruned`` (Note [Repair]).
 
     Args:
@@ -266,9 +307,7 @@ def repair(dg, keep: dict, pruned: fx.GraphModule, cal: Calibration, method: str
         pruned: the pruned GraphModule; its tensors are changed (and biases added) in place.
         cal: :func:`fxprune.calib.calibrate` of ``dg`` with ``gram=True``.
         method: ``"bias"`` or ``"lstsq"``.
-        damping: ``lambda`` of ``"lstsq"`` relative to the mean of ``diag(G[K, K])``.
-        model: the user's model already pruned in place (``apply(..., inplace=True)``): the
-            same repairs land in its modules too.
+        damping: ``lambda`` of ``"lstsq"`` relative to the mean of ``diag(G)``.
 
     Returns:
         A :class:`RepairReport` (also in ``pruned.meta["fxprune_repair"]``).
@@ -288,18 +327,9 @@ def repair(dg, keep: dict, pruned: fx.GraphModule, cal: Calibration, method: str
         >>> [(r.layer, r.kept, r.removed, r.after <= r.before) for r in rep.layers]
         [('2', 4, 4, True)]
     """
-    if method not in REPAIRS:
-        raise ValueError(f"repair must be one of {REPAIRS} or None, got {method!r}")
-    if not cal.gram:
-        raise ValueError("repairs need Gram matrices: calibrate(dg, data, gram=True)")
-    if damping < 0:
-        raise ValueError(f"damping must be >= 0, got {damping}")
-    edits, report = _plan(dg, keep, cal, method, damping, model)
-    _write_graph(pruned, edits)
-    if model is not None:
-        _write_module(model, edits)
-    pruned.meta[REPORT_KEY] = report
-    return report
+    fix = plan_repair(dg, keep, cal, method, damping=damping)
+    fix.write(pruned)
+    return fix.report
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ import torch.nn as nn
 from fxprune.passes import runnable
 
 from ..api import analyze, apply
-from ..calib import REPAIRS, calibrate, check_inplace, repair as repair_layers
+from ..calib import REPAIRS, calibrate, check_inplace, plan_repair
 from ..calib.allocation import coordinate_costs
 from .counting import count_macs, count_params
 from .importance import Taylor, get_importance
@@ -223,12 +223,14 @@ def _calibration(dg, crit, cfg: PruneConfig, data):
 def _emit(dg, keep: dict, cfg: PruneConfig, cal, inplace: bool):
     """The pruned model: rewritten, repaired if asked, and in place if asked."""
     pruned = apply(dg, keep)
-    model = apply(dg, keep, inplace=True) if inplace else None
-    if cfg.repair:
-        repair_layers(dg, keep, pruned, cal, cfg.repair, model=model)
+    fix = plan_repair(dg, keep, cal, cfg.repair, inplace_model=dg.model if inplace else None) if cfg.repair else None
+    if fix is not None:  # computed from the original weights, before an in-place apply resizes them
+        fix.write(pruned)
     if not inplace:
         return pruned
-    if cfg.repair:
+    model = apply(dg, keep, inplace=True)
+    if fix is not None:
+        fix.write_module(model)
         check_inplace(model, pruned, dg)
     return model
 
