@@ -189,7 +189,7 @@ def _run_batches(cal: Calibration, gm: fx.GraphModule, data: Iterable) -> None:
         kwargs = {**consts, **kwargs}
         try:
             _run(gm, "", cal, cal.sites, args, kwargs)
-        except (TypeError, RuntimeError) as e:
+        except (TypeError, RuntimeError, AssertionError) as e:  # export guards raise AssertionError
             raise ValueError(f"a calibration batch does not fit the captured graph ({type(e).__name__}: "
                              f"{str(e).splitlines()[0][:200]}); batches are model inputs like the example "
                              "inputs (a graph captured with static shapes needs the example's shapes)") from e
