@@ -203,3 +203,20 @@ def test_fold_captures_the_repeated_block_once(capsys, model_file):
     assert out.strip().splitlines()[-1].endswith("oracles exact")
     code, _, err = run(capsys, f"{model_file}:deep", "--fold", "--iterative-steps", "2")
     assert code == 2 and "--fold" in err
+
+
+def test_calibrated_criterion_and_repair(capsys, model_file, tmp_path):
+    out_path = tmp_path / "fixed.pt"
+    code, out, _ = run(capsys, f"{model_file}:make", "--importance", "obs", "--calib", "3", "--repair", "lstsq",
+                       "--save", str(out_path), *FAST)
+    assert code == 0, out
+    assert "repair 'lstsq'" in out and "rel. error before" in out
+    fixed = torch.load(out_path, weights_only=False)
+    torch.manual_seed(0)
+    model, inputs = user_models(model_file).make()
+    plain = fxprune.prune(model, inputs, importance="obs", data=fxprune.calib.random_batches(inputs, 3, 1))
+    assert [p.shape for p in fixed.parameters()] == [p.shape for p in plain.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(fixed.parameters(), plain.parameters()))  # repaired
+    for argv in (["--importance", "wanda"], ["--repair", "bias"]):  # both read activations: --calib N is needed
+        code, _, err = run(capsys, f"{model_file}:make", *argv, *FAST)
+        assert code == 2 and "--calib N" in err

@@ -5,10 +5,10 @@ repair=None | "bias" | "lstsq")`` uses all of it; the pieces are here for direct
 :func:`calibrate` (Note [Calibration pass]), the criteria (Note [Calibrated scores])
 and :func:`repair` (Note [Repair]).
 """
-from .collect import Calibration, ConsumerStats, batch_inputs, calibrate
+from .collect import Calibration, ConsumerStats, batch_inputs, calibrate, random_batches
 from .criteria import DAMPING, OBS, Calibrated, Fluctuation, Wanda
 from .repair import (REPAIRS, LayerRepair, RepairPlan, RepairReport, check_inplace, plan_repair, repair,
                      repair_report)
 
-__all__ = ["Calibration", "ConsumerStats", "batch_inputs", "calibrate", "DAMPING", "OBS", "Calibrated",
+__all__ = ["Calibration", "ConsumerStats", "batch_inputs", "calibrate", "random_batches", "DAMPING", "OBS", "Calibrated",
            "Fluctuation", "Wanda", "REPAIRS", "LayerRepair", "RepairReport", "RepairPlan", "plan_repair", "check_inplace", "repair", "repair_report"]

@@ -30,7 +30,7 @@ from fxprune.passes import runnable
 
 from .sites import Site, find_sites, getattr_path, param_uses
 
-__all__ = ["ConsumerStats", "Calibration", "calibrate", "batch_inputs"]
+__all__ = ["ConsumerStats", "Calibration", "calibrate", "batch_inputs", "random_batches"]
 
 
 @dataclass
@@ -239,3 +239,20 @@ def calibrate(dg, data: Iterable, *, gram: bool = False, groups: Optional[Iterab
         raise ValueError("data yielded no batch: pass a non-empty list of batches")
     return cal
 
+
+
+def random_batches(example_inputs: tuple, n: int, seed: int = 0) -> list:
+    """``n`` synthetic calibration batches shaped like ``example_inputs`` (what the CLI's ``--calib`` uses).
+
+    Floating inputs are standard Gaussian; integer inputs (token ids) are uniform in
+    ``[0, max(example) + 1)``. Real data calibrates better: pass your own batches to the API.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def fake(x):
+        if not isinstance(x, torch.Tensor):
+            return x
+        if x.is_floating_point():
+            return torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        return torch.randint(0, int(x.max()) + 1 if x.numel() else 1, x.shape, generator=gen, dtype=x.dtype)
+    return [tuple(fake(x) for x in example_inputs) for _ in range(n)]

@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
                         "gradient criteria (taylor, hessian) need --calib-batches")
     p.add_argument("--calib-batches", type=int, default=0, metavar="N",
                    help="for gradient criteria: N random batches labelled by the original model's own argmax")
+    p.add_argument("--calib", type=int, default=0, metavar="N",
+                   help="N random calibration batches shaped like the example input (Gaussian; random token ids "
+                        "for integer inputs) for wanda/fluctuation/obs and --repair")
+    p.add_argument("--repair", choices=["bias", "lstsq"], default=None,
+                   help="refit every layer that reads removed channels on the calibration batches "
+                        "(bias: mean compensation; lstsq: damped least squares); needs --calib N")
     p.add_argument("--scope", choices=["local", "global"], default="local",
                    help="local: every group loses the ratio; global: one ranking of all groups")
     p.add_argument("--ignore", nargs="+", default=[], metavar="NAME",
@@ -116,7 +122,7 @@ def _config(args):
                            scope=args.scope, ignore=tuple(args.ignore), round_to=args.round_to,
                            max_ratio=args.max_ratio, target_macs=args.target_macs, target_params=args.target_params,
                            tolerance=args.tolerance,
-                           iterative_steps=args.iterative_steps, leaf_modules=tuple(args.leaf))
+                           iterative_steps=args.iterative_steps, leaf_modules=tuple(args.leaf), repair=args.repair)
     except (ValueError, TypeError, KeyError) as e:
         raise _Fail(EXIT_USAGE, str(e).strip("'\""))
 
@@ -144,6 +150,21 @@ def _calibration(loaded, n: int, say):
     return _Counted()
 
 
+def _plain_calibration(args, crit, inputs):
+    """``--calib N`` random model inputs, where a calibrated criterion or ``--repair`` needs them."""
+    from ..calib import random_batches
+
+    if not (getattr(crit, "needs_calibration", False) or args.repair):
+        return None
+    if args.calib <= 0:
+        what = f"--repair {args.repair}" if args.repair else f"importance {args.importance!r}"
+        raise _Fail(EXIT_USAGE, f"{what} reads activations: pass --calib N (N random input batches) or use "
+                                "the Python API with your own data")
+    if crit.needs_data:  # gradient criterion + repair: the (x, label) batches calibrate too
+        return None
+    return random_batches(inputs, args.calib, args.seed + 1)
+
+
 def _run(args, say) -> tuple:
     from .. import analyze, apply, verify
     from ..policy.counting import compare, count_macs, count_params, group_table, latency
@@ -151,6 +172,7 @@ def _run(args, say) -> tuple:
     from ..policy.importance import get_importance
     from ..policy.pruner import _absolute, _counter, _search, plan, prune, score_groups
     from .zoo import SpecError, load_model, parse_shape
+    from ..calib import calibrate, repair, repair_report
 
     cfg = _config(args)
     crit = get_importance(cfg.importance)
@@ -171,6 +193,7 @@ def _run(args, say) -> tuple:
         raise _Fail(EXIT_USAGE, str(e))
     model, inputs, label = loaded.model, loaded.inputs, loaded.label
     data = _calibration(loaded, args.calib_batches, say) if crit.needs_data else None
+    data = _plain_calibration(args, crit, inputs) or data
 
     say(f"capturing and analysing {label} (input {'x'.join(map(str, inputs[0].shape))})")
     t = time.perf_counter()
@@ -201,6 +224,9 @@ def _run(args, say) -> tuple:
                 keep = plan(dg, scores, cfg)
             say("rewriting the graph")
             pruned = apply(dg, keep)
+            if args.repair:
+                say(f"repairing ({args.repair}) on {args.calib} calibration batches")
+                repair(dg, keep, pruned, calibrate(dg, data, gram=True), args.repair)
         else:
             n = cfg.iterative_steps
             say(f"pruning step 1/{n}")
@@ -258,6 +284,8 @@ def _run(args, say) -> tuple:
         print(tabulate(rows, headers=["", "original", "pruned", "ratio"], disable_numparse=True))
         if report is not None:
             print("\nexactness oracles (float64):\n" + str(report))
+        if repair_report(pruned) is not None:
+            print("\n" + str(repair_report(pruned)))
     if args.save:
         say(f"saving to {args.save}")
         try:
