@@ -49,31 +49,48 @@ def test_criteria_equal_hand_computations():
     h, w = hidden(m, xs), m[2].weight.detach()
     wanda = w.abs().sum(0) * h.pow(2).mean(0).sqrt()
     fluct = h.var(0, unbiased=False) * w.pow(2).sum(0)
-    gm = h.T @ h / h.shape[0]
-    hinv = torch.linalg.inv(gm + DAMPING * gm.diagonal().mean() * torch.eye(6, dtype=torch.float64))
-    obs = w.pow(2).sum(0) * (hinv @ gm @ hinv).diagonal() / hinv.diagonal().pow(2)
-    for crit, want in ((Wanda(normalizer=None), wanda), (Fluctuation(normalizer=None), fluct),
-                       (OBS(normalizer=None), obs)):
-        assert torch.allclose(crit(dg, g, cal), want, rtol=1e-9), type(crit).__name__
-    assert torch.allclose(Wanda()(dg, g, cal), wanda / wanda.mean(), rtol=1e-9)  # default: per-consumer mean
+    assert torch.allclose(Wanda()(dg, g, cal), wanda, rtol=1e-9)  # one consumer: its scores, in output units
+    assert torch.allclose(Fluctuation()(dg, g, cal), fluct, rtol=1e-9)
+    assert torch.allclose(Wanda(normalizer="mean")(dg, g, cal), wanda / wanda.mean(), rtol=1e-9)
     scores = fxprune.score_groups(dg, "fluctuation", data=xs)
-    assert torch.allclose(scores[g], fluct / fluct.mean(), rtol=1e-9)
+    assert torch.allclose(scores[g], fluct, rtol=1e-9)
 
 
-def test_obs_is_the_error_left_after_the_optimal_refit():
-    """Removing a coordinate and refitting the rest by least squares leaves exactly the obs score."""
+def _refit_error(h, y, kept):
+    """Mean squared error of the least-squares fit of ``y`` from the columns ``kept`` of ``h``."""
+    if not kept:
+        return y.pow(2).sum() / h.shape[0]
+    sol = torch.linalg.lstsq(h[:, kept], y).solution
+    return (y - h[:, kept] @ sol).pow(2).sum() / h.shape[0]
+
+
+@pytest.mark.parametrize("damping", [0.0, DAMPING])
+def test_obs_is_the_error_left_after_the_optimal_refit(damping):
+    """obs removes greedily: each score is the output error once that coordinate and all before it are
+    gone and the rest refit (the damped refit of repair="lstsq"); the first is the least single loss."""
     m, xs = mlp(), data()
     dg = fxprune.analyze(m, (xs[0][:1],))
     cal = calibrate(dg, xs, gram=True)
     g, = dg.groups
-    scores = OBS(normalizer=None, damping=0.0)(dg, g, cal)
+    scores = OBS(damping=damping)(dg, g, cal)
     h, w = hidden(m, xs), m[2].weight.detach()
     y = h @ w.T
-    for j in range(6):
-        kept = [i for i in range(6) if i != j]
-        sol = torch.linalg.lstsq(h[:, kept], y).solution
-        err = (y - h[:, kept] @ sol).pow(2).sum() / h.shape[0]
-        assert torch.allclose(scores[j], err, rtol=1e-6, atol=1e-12), j
+    order = torch.argsort(scores).tolist()
+    if damping == 0:
+        singles = [_refit_error(h, y, [i for i in range(6) if i != j]) for j in range(6)]
+        assert torch.allclose(scores[order[0]], min(singles), rtol=1e-6)
+        for k in range(1, 7):
+            assert torch.allclose(scores[order[k - 1]], _refit_error(h, y, sorted(order[k:])), rtol=1e-6, atol=1e-12)
+    gm = h.T @ h / h.shape[0]
+    lam = damping * gm.diagonal().mean()
+    for k in range(1, 7):  # the damped refit pulls toward the kept weights: (W G_:K + lam W_K)(G_KK + lam I)^-1
+        kept = sorted(order[k:])
+        full = torch.zeros_like(w)
+        if kept:
+            hk = gm[kept][:, kept] + lam * torch.eye(len(kept), dtype=torch.float64)
+            full[:, kept] = torch.linalg.solve(hk, (w @ gm[:, kept] + lam * w[:, kept]).T).T
+        d = w - full
+        assert torch.allclose(scores[order[k - 1]], ((d @ gm) * d).sum(), rtol=1e-6, atol=1e-12)
 
 
 class Heads(nn.Module):
@@ -100,13 +117,16 @@ def test_product_layouts_score_every_column_a_coordinate_owns():
     hinv = torch.linalg.inv(gm)
     by_size = {g.size: g for g in dg.groups}
     heads, dims = by_size[2], by_size[3]
-    assert torch.allclose(Wanda(normalizer=None)(dg, heads, cal), col.view(2, 3).sum(1), rtol=1e-9)
-    assert torch.allclose(Wanda(normalizer=None)(dg, dims, cal), col.view(2, 3).sum(0), rtol=1e-9)
+    assert torch.allclose(Wanda()(dg, heads, cal), col.view(2, 3).sum(1), rtol=1e-9)
+    assert torch.allclose(Wanda()(dg, dims, cal), col.view(2, 3).sum(0), rtol=1e-9)
+    single = []
     for head in range(2):  # a head is removed as one block of 3 columns
         s = list(range(3 * head, 3 * head + 3))
         ws = w[:, s]
-        want = torch.trace(ws @ torch.linalg.inv(hinv[s][:, s]) @ ws.T)
-        assert torch.allclose(OBS(normalizer=None, damping=0.0)(dg, heads, cal)[head], want, rtol=1e-9)
+        single.append(torch.trace(ws @ torch.linalg.inv(hinv[s][:, s]) @ ws.T))
+    obs = OBS(damping=0.0)(dg, heads, cal)
+    assert torch.allclose(obs.min(), min(single), rtol=1e-9)  # the cheaper head goes first
+    assert torch.allclose(obs.max(), ((w @ gm) * w).sum(), rtol=1e-9)  # then all of the output
 
 
 def test_convolutions_are_calibrated_per_channel():
@@ -123,7 +143,7 @@ def test_convolutions_are_calibrated_per_channel():
     g, = dg.groups
     w = m[2].weight.detach()
     want = rows.var(0, unbiased=False) * w.pow(2).sum((0, 2, 3))
-    assert torch.allclose(Fluctuation(normalizer=None)(dg, g, cal), want, rtol=1e-9)
+    assert torch.allclose(Fluctuation()(dg, g, cal), want, rtol=1e-9)
 
 
 def test_activations_are_freed_after_their_last_use(monkeypatch):
@@ -212,3 +232,28 @@ def test_global_budget_in_parameters():
             total = sum(g.size * costs[g] for g in dg.groups)
             spent = sum(n * costs[g] for g, n in removed.items())
             assert abs(spent - total / 2) <= max(costs.values()) / 2
+
+
+class TwoReaders(nn.Module):
+    """One hidden group read by a narrow and a wide layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.narrow, self.wide = nn.Linear(3, 6), nn.Linear(6, 2), nn.Linear(6, 40)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        return self.narrow(h).sum(1) + self.wide(h).sum(1)
+
+
+def test_consumers_are_normalised_before_they_are_averaged():
+    torch.manual_seed(0)
+    m, xs = TwoReaders().double().eval(), data()
+    dg = fxprune.analyze(m, (xs[0][:1],))
+    cal = calibrate(dg, xs)
+    g, = [g for g in dg.groups if ("a.weight", 0) in g.members]
+    h = torch.cat([F.relu(m.a(x)) for x in xs])
+    norm = h.pow(2).mean(0).sqrt()
+    per = [layer.weight.detach().abs().sum(0) * norm for layer in (m.narrow, m.wide)]
+    want = (per[0] / per[0].mean() + per[1] / per[1].mean()) / 2 * (per[0].mean() + per[1].mean()) / 2
+    assert torch.allclose(Wanda()(dg, g, cal), want, rtol=1e-9)

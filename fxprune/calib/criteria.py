@@ -8,19 +8,26 @@ contracted coordinates) and the site's statistics give ``x``:
 
 * ``wanda``: column ``j`` scores ``sum_i |M_ij| * ||x_j||`` (``||x_j|| = sqrt(E[x_j^2])``);
 * ``fluctuation`` (FLAP): ``Var(x_j) * ||M_:j||^2``, the output variance column ``j`` carries;
-* ``obs``: the output error ``E||M x - M' x||^2`` left after removing the coordinate and
-  refitting every other column (the optimal brain surgeon update with ``H = E[x x^T] + lambda I``,
-  which is the damped least squares of ``repair="lstsq"``): with ``S`` the coordinate's columns,
-  ``A = [H^-1]_SS`` and ``B = [H^-1 G H^-1]_SS``, the error is ``tr(M_S A^-1 B A^-1 M_S^T)``
-  (``tr(M_S A^-1 M_S^T)`` when ``lambda = 0``). Measured with ``G``, not ``H``, so an input that
-  is always zero scores 0 whatever its weights.
+* ``obs``: the output error ``E||M x - M' x||^2`` once the coordinate is removed and every
+  other column refit, removing the consumer's coordinates greedily, least damage first, so
+  shared redundancy is not counted twice (Note [Greedy OBS] in ``obs.py``). The refit is the
+  damped least squares of ``repair="lstsq"``; the error is measured with ``G = E[x x^T]``.
 
 A coordinate owns every flat column its layout maps to it (a head: all its
 ``head_dim`` columns), so wanda and fluctuation sum them and obs removes them as
-one block. Each consumer's scores are normalised (``normalizer``, default: divide
-by their mean) before the consumers of a group are averaged, so a wide layer does
-not drown a narrow one. A group without a calibrated consumer gets no score (None:
-it is left unpruned). Every criterion takes the batches as ``data=``.
+one block.
+
+A group with several consumers (a residual stream read by many layers) averages
+their scores *normalised per consumer* (divided by the consumer's mean score), so
+a wide layer does not drown a narrow one, then restores the consumers' mean scale.
+Scores stay in output units: a single-consumer group's scores are that consumer's,
+and a global ranking compares layers by the output error they would suffer, which
+is what allocates more pruning to layers whose output matters less (all the
+consumers of a transformer write to one residual stream). ``normalizer="mean"``
+divides every group by its mean instead, which makes the global ranking compare
+only the shapes of the groups' score distributions. A group without a calibrated
+consumer gets no score (None: it is left unpruned). Every criterion takes the
+batches as ``data=``.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ import torch
 from ..policy.importance import Criterion, normalize, register_importance
 from . import adapter
 from .collect import Calibration, ConsumerStats
+from .obs import greedy_obs
 from .sites import as_matrix
 
 __all__ = ["Calibrated", "Wanda", "Fluctuation", "OBS", "DAMPING", "ridge"]
@@ -49,10 +57,11 @@ class Calibrated(Criterion):
     """Base of criteria that read calibration statistics (:func:`fxprune.calib.calibrate`).
 
     Args:
-        normalizer: per-consumer normalisation (see :func:`fxprune.policy.importance.normalize`).
+        normalizer: applied to each group's combined scores (see
+            :func:`fxprune.policy.importance.normalize`); None keeps output units.
     """
 
-    normalizer: Optional[str] = "mean"
+    normalizer: Optional[str] = None
     needs_calibration = True
     needs_gram = False
 
@@ -77,9 +86,19 @@ class Calibrated(Criterion):
         for site, st in cal.consumers(group):
             m3, _ = as_matrix(cal.weight(site), site)
             coords = adapter.coords(dg, site.weight, site.dim, group)
-            s = self.consumer(m3.reshape(-1, m3.shape[-1]), st, coords, group.size)
-            per.append(normalize(s, self.normalizer))
-        return torch.stack(per).mean(0) if per else None
+            per.append(self.consumer(m3.reshape(-1, m3.shape[-1]), st, coords, group.size))
+        if not per:
+            return None
+        return normalize(_combine(per), self.normalizer)
+
+
+def _combine(per: list) -> torch.Tensor:
+    """Consumers' scores averaged with each normalised by its mean, at their mean scale."""
+    if len(per) == 1:
+        return per[0]
+    scales = torch.stack([s.mean() for s in per])
+    shapes = torch.stack([s / m if m > 0 else s for s, m in zip(per, scales)])
+    return shapes.mean(0) * scales.mean()
 
 
 def _per_coordinate(columns: torch.Tensor, coords: torch.Tensor, size: int) -> torch.Tensor:
@@ -105,10 +124,11 @@ class Fluctuation(Calibrated):
 
 @dataclass(frozen=True)
 class OBS(Calibrated):
-    """Optimal brain surgeon, structured: the output error left after the optimal repair.
+    """Optimal brain surgeon, structured and greedy: the output error once a coordinate and
+    every coordinate removed before it are gone and the rest refit (Note [Greedy OBS]).
 
     Args:
-        damping: ``lambda`` relative to the mean of ``diag(E[x x^T])`` (see :data:`DAMPING`).
+        damping: ``lambda`` of the refit relative to the mean of ``diag(E[x x^T])`` (:data:`DAMPING`).
     """
 
     damping: float = DAMPING
@@ -116,22 +136,7 @@ class OBS(Calibrated):
 
     def consumer(self, m, st, coords, size):
         g = st.moment
-        h = g + ridge(g, self.damping) * torch.eye(g.shape[0], dtype=g.dtype)
-        hinv = torch.linalg.pinv(h, hermitian=True)
-        p = hinv @ g @ hinv
-        mask = coords >= 0
-        out = torch.zeros(size, dtype=torch.float64)
-        if bool((torch.bincount(coords[mask], minlength=size) <= 1).all()):  # one column each: closed form
-            cols = torch.nonzero(mask).flatten()
-            a = hinv.diagonal()[cols]
-            err = m[:, cols].pow(2).sum(0) * p.diagonal()[cols] / a.pow(2).clamp_min(1e-300)
-            return out.index_put_((coords[cols],), err)
-        for c in range(size):
-            s = torch.nonzero(coords == c).flatten()
-            if s.numel():
-                x = torch.linalg.lstsq(hinv[s][:, s], m[:, s].T).solution
-                out[c] = ((p[s][:, s] @ x) * x).sum()
-        return out
+        return greedy_obs(m, g, coords, size, ridge(g, self.damping))
 
 
 for _name, _cls in {"wanda": Wanda, "fluctuation": Fluctuation, "obs": OBS}.items():
