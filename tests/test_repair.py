@@ -200,3 +200,19 @@ def test_inplace_without_a_bias_slot_skips_and_says_so():
     fxprune.prune(user, (xs[0][:1],), ratio=1 / 3, importance="l2", data=xs, repair="bias", inplace=True)
     row, = repair_report(user).layers
     assert row.note.startswith("skipped: in place") and "bias" not in dict(user.named_parameters())
+
+
+def test_conv_mean_compensation_next_to_zero_padding_keeps_every_output_mean():
+    """With padding a constant cannot be exact at the borders; the bias from the per-(channel, offset) means
+    is the best constant: every output channel keeps its mean over the calibration data."""
+    torch.manual_seed(0)
+    removed = [0, 3]
+    m = nn.Sequential(nn.Conv2d(2, 5, 1), nn.ReLU(), nn.Conv2d(5, 3, 3, padding=1, bias=False)).to(D).eval()
+    with torch.no_grad():
+        m[0].weight[removed] = 0
+        m[0].bias[removed] = 0.3
+    xs = [torch.randn(2, 2, 5, 5, dtype=D) for _ in range(3)]
+    plain, fixed, _ = pruned_and_repaired(m, xs, removed, "bias")
+    for model in (plain, fixed):
+        gap = torch.cat([m(x) - model(x) for x in xs]).mean((0, 2, 3))
+        assert (gap.abs().max() < 1e-12) == (model is fixed)

@@ -41,6 +41,19 @@ class ConsumerStats:
     s1: Optional[torch.Tensor] = None
     s2: Optional[torch.Tensor] = None
     gram: Optional[torch.Tensor] = None
+    patch_n: int = 0
+    patch_s1: Optional[torch.Tensor] = None  # 2-D convolutions: (channels, kernel offsets)
+
+    def add_patches(self, sums: Optional[tuple]) -> None:
+        if sums is not None:
+            n, s1 = sums
+            self.patch_n += n
+            self.patch_s1 = s1 if self.patch_s1 is None else self.patch_s1 + s1
+
+    @property
+    def patch_mean(self) -> Optional[torch.Tensor]:
+        """``E[x]`` of every (channel, kernel offset) input over the output positions (2-D convs)."""
+        return None if self.patch_s1 is None else self.patch_s1 / self.patch_n
 
     def add(self, rows: torch.Tensor, gram: bool) -> None:
         if self.s1 is None:
@@ -158,7 +171,9 @@ class _Calibrator(fx.Interpreter):
         if site is not None:
             x = n.args[site.x_arg]
             if isinstance(x, fx.Node) and isinstance(self.env.get(x), torch.Tensor):
-                self.cal.stats[site.key].add(site.rows(self.env[x], self.cal.weight(site)), self.cal.gram)
+                st, w = self.cal.stats[site.key], self.cal.weight(site)
+                st.add(site.rows(self.env[x], w), self.cal.gram)
+                st.add_patches(site.patch_sums(self.env[x], w))
         return out
 
     def call_module(self, target, args, kwargs):

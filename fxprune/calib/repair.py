@@ -7,7 +7,9 @@ only that consumer's output. Two repairs, from the calibration statistics of
 the *original* model (``mu = E[x]``, ``G = E[x x^T]``), each consumer on its own:
 
 * ``"bias"`` (FLAP's mean compensation): ``b' = b + W[:, R] mu_R``; exact when
-  ``x_R`` is constant. A consumer without a bias gets one: the module's ``bias``
+  ``x_R`` is constant. A 2-D convolution uses the mean of each (channel, kernel
+  offset) input over the output positions, zero padding included: the best
+  constant, exact away from borders. A consumer without a bias gets one: the module's ``bias``
   (``nn.Linear``/``nn.Conv*``) or a new parameter named ``<layer>.bias`` wired
   into the op (``F.linear``/``aten.linear``/conv: the bias argument; ``x @ W``: an
   added ``+ b`` node).
@@ -148,7 +150,8 @@ def _one(dg, cal: Calibration, site: Site, keep: dict, method: str, damping: flo
         mu = st.mean
         cov = g - torch.outer(mu, mu)
         row.after = _quad(dropped, cov) / energy
-        delta = (m3[:, :, r] @ mu[r]).sum(1)
+        pm = st.patch_mean  # 2-D conv: per (channel, kernel offset), zero padding included
+        delta = (m3[:, :, r] @ mu[r]).sum(1) if pm is None else _patch_delta(w, pm, r)
         edit.bias = _new_bias(dg, cal, site, keep, delta, w.dtype)
         row.note = "bias added" if site.bias is None else ""
         return edit
@@ -161,6 +164,12 @@ def _one(dg, cal: Calibration, site: Site, keep: dict, method: str, damping: flo
     new = from_matrix(full.reshape(m3.shape[0], m3.shape[1], -1), perm, w)
     edit.weight = adapter.prune_like(dg, site.weight, new, keep).to(w.dtype)
     return edit
+
+
+def _patch_delta(w: torch.Tensor, patch_mean: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``sum_{c in R, k} W[o, c, k] E[x_{c,k}]`` for a 2-D convolution (out dim 0)."""
+    wr = w.detach().double().flatten(2)[:, r]  # (out, |R|, K)
+    return (wr * patch_mean[r]).sum((1, 2))
 
 
 def _new_bias(dg, cal: Calibration, site: Site, keep: dict, delta: torch.Tensor, dtype) -> torch.Tensor:

@@ -18,7 +18,9 @@ repairs exact in the known-answer cases: if a removed channel is a fixed linear
 combination of kept ones at every position, it is one in every patch too. What
 it leaves out is the correlation between kernel offsets, so a convolution's
 least-squares repair and its reported errors are approximations, and mean
-compensation is not exact next to zero padding.
+compensation uses the mean of every (channel, kernel offset) input over the
+output positions instead (``F.unfold`` sums, one layer at a time), so next to
+zero padding it adds the best constant, which is exact only away from borders.
 
 Grouped and transposed convolutions, and matmuls whose parameter is on the left,
 are not sites: their groups are scored by their other consumers, and they are
@@ -105,6 +107,18 @@ class Site:
     out: int
     x_arg: int
     bias: Optional[str]
+    patches: Optional[tuple] = None  # 2-D conv: (kernel, dilation, padding, stride) for F.unfold
+
+    def patch_sums(self, x: torch.Tensor, w: torch.Tensor) -> Optional[tuple]:
+        """(count, sum over output positions of every (channel, kernel offset) input), float64.
+
+        The mean of what each weight multiplies, zero padding included: what mean
+        compensation subtracts next to a border (Note [Consumer sites]).
+        """
+        if self.patches is None or x.dim() != 4:
+            return None
+        cols = F.unfold(x.double(), *self.patches)  # (N, C * K, L)
+        return cols.shape[0] * cols.shape[2], cols.sum((0, 2)).view(w.shape[1], -1)
 
     @property
     def name(self) -> str:
@@ -164,7 +178,32 @@ def _site(dg, gm: fx.GraphModule, prefix: str, node: fx.Node) -> Optional[Site]:
         return None
     if not adapter.has_param(dg, weight) or kind.dim not in adapter.consumer_dims(dg, weight):
         return None
-    return Site((prefix, node.name), kind.name, weight, kind.dim, kind.out, kind.x, bias)
+    patches = _conv2d_geometry(node, w, mod) if kind.name == "conv" else None
+    return Site((prefix, node.name), kind.name, weight, kind.dim, kind.out, kind.x, bias, patches)
+
+
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _conv2d_geometry(node: fx.Node, w: torch.Tensor, mod) -> Optional[tuple]:
+    """``(kernel, dilation, padding, stride)`` of a 2-D convolution with numeric padding, else None."""
+    if w.dim() != 4:
+        return None
+    if mod is not None:
+        stride, padding, dilation = mod.stride, mod.padding, mod.dilation
+        if mod.padding_mode != "zeros":
+            return None
+    else:
+        args = list(node.args) + [None] * 6
+        stride, padding, dilation = (args[3] or 1), (args[4] or 0), (args[5] or 1)
+        stride = node.kwargs.get("stride", stride)
+        padding = node.kwargs.get("padding", padding)
+        dilation = node.kwargs.get("dilation", dilation)
+    if isinstance(padding, str) or not all(isinstance(v, int) for v in (*_pair(stride), *_pair(padding),
+                                                                           *_pair(dilation))):
+        return None
+    return tuple(w.shape[2:]), _pair(dilation), _pair(padding), _pair(stride)
 
 
 def walk_graphs(gm: fx.GraphModule, prefix: str = ""):
