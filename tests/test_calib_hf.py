@@ -91,3 +91,18 @@ def test_repairs_in_the_graph_and_in_place_in_the_hf_modules(method, tmp_path):
     other = dict(input_ids=tokens(3, 5, 7), use_cache=False)  # the eager model runs at any size
     assert torch.allclose(logits(user, **other), logits(graph, **other), atol=1e-5)
     assert [r.layer for r in repair_report(user).layers] == [r.layer for r in repair_report(graph).layers]
+
+
+def test_taylor_scores_an_exported_graph():
+    """Gradient statistics run on a torch.export graph (which refuses .eval()), so taylor + repair work on HF."""
+    m = tiny_llama()
+
+    def lm_loss(model, batch):
+        ids = batch["input_ids"]
+        out = model(input_ids=ids, use_cache=False)
+        logits = out["logits"] if isinstance(out, dict) else out.logits
+        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1))
+
+    fixed = fxprune.prune(m, (), example_kwargs=KW, importance="taylor", data=DATA, loss_fn=lm_loss, repair="lstsq",
+                          **OPTS)
+    assert repair_report(fixed).repaired

@@ -61,7 +61,8 @@ def collect_stats(model: nn.Module, data: Iterable, loss_fn: Optional[Callable] 
     loss_fn = loss_fn or default_loss
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     flags = {m: m.training for m in model.modules()}
-    model.eval()
+    for m in flags:  # not model.eval(): graphs from torch.export refuse it
+        m.training = False
     out = {n: {"grad": torch.zeros_like(p)} for n, p in params.items()}
     if per_batch:
         for st in out.values():
