@@ -49,11 +49,12 @@ def test_criteria_equal_hand_computations():
     h, w = hidden(m, xs), m[2].weight.detach()
     wanda = w.abs().sum(0) * h.pow(2).mean(0).sqrt()
     fluct = h.var(0, unbiased=False) * w.pow(2).sum(0)
-    assert torch.allclose(Wanda()(dg, g, cal), wanda, rtol=1e-9)  # one consumer: its scores, in output units
-    assert torch.allclose(Fluctuation()(dg, g, cal), fluct, rtol=1e-9)
-    assert torch.allclose(Wanda(normalizer="mean")(dg, g, cal), wanda / wanda.mean(), rtol=1e-9)
+    # one consumer: its scores in output units; by default divided by their mean
+    assert torch.allclose(Wanda(normalizer=None)(dg, g, cal), wanda, rtol=1e-9)
+    assert torch.allclose(Fluctuation(normalizer=None)(dg, g, cal), fluct, rtol=1e-9)
+    assert torch.allclose(Wanda()(dg, g, cal), wanda / wanda.mean(), rtol=1e-9)
     scores = fxprune.score_groups(dg, "fluctuation", data=xs)
-    assert torch.allclose(scores[g], fluct, rtol=1e-9)
+    assert torch.allclose(scores[g], fluct / fluct.mean(), rtol=1e-9)
 
 
 def _refit_error(h, y, kept):
@@ -72,7 +73,7 @@ def test_obs_is_the_error_left_after_the_optimal_refit(damping):
     dg = fxprune.analyze(m, (xs[0][:1],))
     cal = calibrate(dg, xs, gram=True)
     g, = dg.groups
-    scores = OBS(damping=damping)(dg, g, cal)
+    scores = OBS(damping=damping, normalizer=None)(dg, g, cal)
     h, w = hidden(m, xs), m[2].weight.detach()
     y = h @ w.T
     order = torch.argsort(scores).tolist()
@@ -117,14 +118,14 @@ def test_product_layouts_score_every_column_a_coordinate_owns():
     hinv = torch.linalg.inv(gm)
     by_size = {g.size: g for g in dg.groups}
     heads, dims = by_size[2], by_size[3]
-    assert torch.allclose(Wanda()(dg, heads, cal), col.view(2, 3).sum(1), rtol=1e-9)
-    assert torch.allclose(Wanda()(dg, dims, cal), col.view(2, 3).sum(0), rtol=1e-9)
+    assert torch.allclose(Wanda(normalizer=None)(dg, heads, cal), col.view(2, 3).sum(1), rtol=1e-9)
+    assert torch.allclose(Wanda(normalizer=None)(dg, dims, cal), col.view(2, 3).sum(0), rtol=1e-9)
     single = []
     for head in range(2):  # a head is removed as one block of 3 columns
         s = list(range(3 * head, 3 * head + 3))
         ws = w[:, s]
         single.append(torch.trace(ws @ torch.linalg.inv(hinv[s][:, s]) @ ws.T))
-    obs = OBS(damping=0.0)(dg, heads, cal)
+    obs = OBS(damping=0.0, normalizer=None)(dg, heads, cal)
     assert torch.allclose(obs.min(), min(single), rtol=1e-9)  # the cheaper head goes first
     assert torch.allclose(obs.max(), ((w @ gm) * w).sum(), rtol=1e-9)  # then all of the output
 
@@ -143,7 +144,7 @@ def test_convolutions_are_calibrated_per_channel():
     g, = dg.groups
     w = m[2].weight.detach()
     want = rows.var(0, unbiased=False) * w.pow(2).sum((0, 2, 3))
-    assert torch.allclose(Fluctuation()(dg, g, cal), want, rtol=1e-9)
+    assert torch.allclose(Fluctuation(normalizer=None)(dg, g, cal), want, rtol=1e-9)
 
 
 def test_activations_are_freed_after_their_last_use(monkeypatch):
@@ -256,4 +257,5 @@ def test_consumers_are_normalised_before_they_are_averaged():
     norm = h.pow(2).mean(0).sqrt()
     per = [layer.weight.detach().abs().sum(0) * norm for layer in (m.narrow, m.wide)]
     want = (per[0] / per[0].mean() + per[1] / per[1].mean()) / 2 * (per[0].mean() + per[1].mean()) / 2
-    assert torch.allclose(Wanda()(dg, g, cal), want, rtol=1e-9)
+    assert torch.allclose(Wanda(normalizer=None)(dg, g, cal), want, rtol=1e-9)
+    assert torch.allclose(Wanda()(dg, g, cal), want / want.mean(), rtol=1e-9)

@@ -19,15 +19,15 @@ one block.
 
 A group with several consumers (a residual stream read by many layers) averages
 their scores *normalised per consumer* (divided by the consumer's mean score), so
-a wide layer does not drown a narrow one, then restores the consumers' mean scale.
-Scores stay in output units: a single-consumer group's scores are that consumer's,
-and a global ranking compares layers by the output error they would suffer, which
-is what allocates more pruning to layers whose output matters less (all the
-consumers of a transformer write to one residual stream). ``normalizer="mean"``
-divides every group by its mean instead, which makes the global ranking compare
-only the shapes of the groups' score distributions. A group without a calibrated
-consumer gets no score (None: it is left unpruned). Every criterion takes the
-batches as ``data=``.
+a wide layer does not drown a narrow one. ``normalizer`` then scales the group:
+``"mean"`` (the default) divides it by its mean, so a global ranking compares the
+shapes of the layers' score distributions, as FLAP's per-layer standardisation
+does; ``None`` keeps output units (the consumers' mean scale restored), so a global
+ranking compares layers by the output error they would suffer. On the benchmark's
+small LLaMA the two allocate differently and neither wins everywhere
+(``benchmarks/QUALITY.md``); ``"mean"`` never removed a whole kv group too early.
+A group without a calibrated consumer gets no score (None: it is left unpruned).
+Every criterion takes the batches as ``data=``.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ class Calibrated(Criterion):
             :func:`fxprune.policy.importance.normalize`); None keeps output units.
     """
 
-    normalizer: Optional[str] = None
+    normalizer: Optional[str] = "mean"
     needs_calibration = True
     needs_gram = False
 
