@@ -20,7 +20,7 @@ from ..graph import DependencyGraph, Group
 from ..policy.importance import coordinate_map
 
 __all__ = ["has_param", "dim_layout", "consumer_dims", "coords", "atom_keep", "kept_flat", "touched",
-           "prune_like", "pruned_numel", "group_of"]
+           "prune_like", "pruned_numel"]
 
 
 def has_param(dg: DependencyGraph, target: str) -> bool:
@@ -79,11 +79,3 @@ def pruned_numel(dg: DependencyGraph, target: str, keep: dict) -> int:
     for layout in dg._params[target].dims:
         n *= new_size(layout, atoms)
     return n
-
-
-def group_of(dg: DependencyGraph, atom: int) -> Optional[Group]:
-    """The group whose atom is ``atom``, if any."""
-    for g in dg.groups:
-        if g.atom == atom:
-            return g
-    return None
