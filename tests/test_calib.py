@@ -192,6 +192,10 @@ def test_errors_name_the_fix():
         fxprune.prune(m, (xs[0],), importance="obs")
     with pytest.raises(ValueError, match="repair must be"):
         fxprune.prune(m, (xs[0],), repair="ols", data=xs)
+    with pytest.raises(ValueError, match="budget must be"):
+        fxprune.PruneConfig(budget="flops")
+    with pytest.raises(ValueError, match="one step"):
+        fxprune.prune(m, (xs[0],), inplace=True, iterative_steps=2)
 
 
 def test_wanda_keeps_the_channels_that_carry_the_output():
