@@ -14,6 +14,7 @@ from .errors import (CaptureError, ExampleInputError, FxPruneError, GroupMismatc
 from .graph import DependencyGraph, Group
 from .io import load, save
 from .checks import Certificate, VerifyReport, certify, relative_error, verify
+from .calib import OBS, Fluctuation, RepairReport, Wanda, calibrate, repair, repair_report
 from .policy.counting import Count, compare, count, count_macs, count_params, group_table, latency
 from .policy.importance import (BNScale, Criterion, Elementwise, FPGM, Hessian, Magnitude, Random, Taylor, get_importance,
                                 importance_names, register_importance)
@@ -34,4 +35,5 @@ __all__ = [
     "Criterion", "Elementwise", "Magnitude", "BNScale", "Taylor", "Hessian", "FPGM", "Random",
     "register_importance", "get_importance", "importance_names", "factor_roles", "ignored_groups",
     "Count", "count", "count_macs", "count_params", "compare", "group_table", "latency",
+    "Wanda", "Fluctuation", "OBS", "calibrate", "repair", "repair_report", "RepairReport",
 ]

@@ -145,7 +145,7 @@ def _resolve_group(dg: DependencyGraph, key: Union[Group, int]) -> Group:
     return key
 
 
-def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False, check: bool = True):
+def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False, check: bool = True, repair=None):
     """Emit the pruned model: a new ``fx.GraphModule``.
 
     Args:
@@ -161,6 +161,10 @@ def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False, check: b
             ``fxprune/checks/certificate.py``; once per ``dg``): the result carries the
             :class:`~fxprune.checks.Certificate` in ``.meta["fxprune.certificate"]`` and
             ``.fxprune_certificate``; a mismatch raises :class:`OracleMismatchError`.
+        repair: a repair plan (:func:`fxprune.calib.plan_repair`, computed from the original
+            weights) to write into the result: the one deliberate change of function, reported in
+            ``fxprune.repair_report(result)``. With ``inplace=True`` it is written inside the
+            in-place transaction and checked with it.
 
     Returns:
         A new ``torch.fx.GraphModule`` (the analysed model is not modified), or with
@@ -188,6 +192,8 @@ def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False, check: b
         atoms[group.atom] = _keep_tensor(group, idx)
     cert = certificate(dg) if check else None
     pruned = rewrite_graph(dg.gm, atoms)
+    if repair is not None:
+        repair.write(pruned)
     if not inplace:
         _set_modes(dg, pruned)
         if cert is not None:
@@ -196,7 +202,7 @@ def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False, check: b
     from .checks.inplace import apply_inplace
 
     sizes = {dg.groups[i].size for i, g in enumerate(dg.groups) if g.atom in atoms and len(atoms[g.atom]) < g.size}
-    model = apply_inplace(dg.model, dg, pruned, sizes)
+    model = apply_inplace(dg.model, dg, pruned, sizes, edit=None if repair is None else repair.write_module)
     if cert is not None:
         attach(model, cert)
     return model

@@ -204,3 +204,21 @@ def test_fold_captures_the_repeated_block_once(capsys, model_file):
     assert out.strip().splitlines()[-1].endswith("oracles exact")
     code, _, err = run(capsys, f"{model_file}:deep", "--fold", "--iterative-steps", "2")
     assert code == 2 and "--fold" in err
+
+
+def test_calibrated_criterion_and_repair(capsys, model_file, tmp_path):
+    out_path = tmp_path / "fixed.pt"
+    code, out, _ = run(capsys, f"{model_file}:make", "--importance", "obs", "--calib", "3", "--repair", "lstsq",
+                       "--save", str(out_path), *FAST)
+    assert code == 0, out
+    assert "repair 'lstsq'" in out and "rel. error before" in out
+    fixed = dict(fxprune.load(out_path).named_parameters())
+    torch.manual_seed(0)
+    model, inputs = user_models(model_file).make()
+    plain = dict(fxprune.prune(model, inputs, importance="obs",
+                               data=fxprune.calib.random_batches(inputs, 3, 1)).named_parameters())
+    assert {k: p.shape for k, p in fixed.items()} == {k: p.shape for k, p in plain.items()}
+    assert any(not torch.equal(fixed[k], plain[k]) for k in plain)  # repaired
+    for argv in (["--importance", "wanda"], ["--repair", "bias"]):  # both read activations: --calib N is needed
+        code, _, err = run(capsys, f"{model_file}:make", *argv, *FAST)
+        assert code == 2 and "--calib N" in err

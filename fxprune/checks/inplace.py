@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from operator import attrgetter
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.fx as fx
@@ -189,8 +189,12 @@ def _explain(model: nn.Module, problem: str, unsynced: list, constants: list, hi
 
 
 def apply_inplace(model: nn.Module, dg, pruned: fx.GraphModule, pruned_sizes: set = frozenset(),
-                  rtol: Optional[float] = None) -> nn.Module:
+                  rtol: Optional[float] = None, edit: Optional[Callable] = None) -> nn.Module:
     """Resize ``model`` itself to match ``pruned``, as one transaction (Note [In place]).
+
+    ``edit(model, swap)``, if given, changes the resized model further inside the transaction
+    (a repair writes refitted weights and new biases), calling ``swap(tensor, new_data)`` for
+    every tensor it changes so that a failure restores it too.
 
     Raises :class:`InPlaceMismatchError` (``model`` restored bit for bit) when the eager
     forward of the resized model does not compute what ``pruned`` computes (within ``rtol``,
@@ -205,6 +209,8 @@ def apply_inplace(model: nn.Module, dg, pruned: fx.GraphModule, pruned_sizes: se
         resized, old_sizes, constants = _swap_tensors(model, dg, pruned, tx)
         _set_graph_attrs(model, dg, pruned)
         unsynced = apply_sync(model, plan, GraphArgs(pruned), setattr)
+        if edit is not None:
+            edit(model, tx.swap)
         problem = _check(model, dg, pruned, rtol)
     except Exception as e:
         tx.restore()

@@ -31,6 +31,9 @@ from tqdm.auto import tqdm
 from fxprune.passes import runnable
 
 from ..api import analyze, apply, name_list
+from ..calib import REPAIRS, calibrate
+from ..calib.pipeline import calibration_for, needs_calibration, repair_plan
+from ..calib.allocation import coordinate_costs
 from ..errors import MetaDeviceError
 from .counting import count_macs, count_params
 from .importance import Random, Taylor, get_importance
@@ -69,6 +72,11 @@ class PruneConfig:
         tolerance: relative tolerance of the target search.
         iterative_steps: prune in this many steps; ``schedule``: name in ``SCHEDULES`` or callable.
         leaf_modules: passed to :func:`fxprune.analyze`.
+        repair: ``None``, ``"bias"`` or ``"lstsq"``: refit every consumer of removed channels on the
+            calibration ``data`` (Note [Repair] in ``fxprune/calib/repair.py``); opt-in, reported in
+            ``fxprune.repair_report(result)``.
+        budget: what ``ratio`` counts under ``scope="global"``: ``"coordinates"`` or ``"params"``
+            (each coordinate weighs the parameters it removes, FLAP's compression weights).
     """
 
     ratio: float = 0.5
@@ -86,6 +94,8 @@ class PruneConfig:
     iterative_steps: int = 1
     schedule: Union[str, Callable] = "linear"
     leaf_modules: tuple = ()
+    repair: Optional[str] = None
+    budget: str = "coordinates"
 
     def __post_init__(self):
         for name, r in [("ratio", self.ratio)] + [(f"ratios[{k!r}]", v) for k, v in self.ratios.items()]:
@@ -102,6 +112,10 @@ class PruneConfig:
         for t in (self.target_macs, self.target_params):
             _check(t is None or t > 0, f"targets must be positive, got {t}")
         _check(0.0 < self.tolerance < 0.5, f"tolerance must be in (0, 0.5), got {self.tolerance}")
+        _check(self.repair is None or self.repair in REPAIRS, f"repair must be None or one of {REPAIRS}, "
+               f"got {self.repair!r}")
+        _check(self.budget in ("coordinates", "params"), f"budget must be 'coordinates' or 'params', "
+               f"got {self.budget!r}")
         object.__setattr__(self, "ignore", name_list(self.ignore, "ignore"))
         object.__setattr__(self, "leaf_modules", name_list(self.leaf_modules, "leaf_modules"))
         get_importance(self.importance)  # unknown names fail here, not after analysis
@@ -124,7 +138,9 @@ def score_groups(dg, importance="l2", *, data: Optional[Iterable] = None, loss_f
         [torch.Size([8])]
     """
     crit = get_importance(importance)
-    if crit.needs_data and stats is None:
+    if getattr(crit, "needs_calibration", False) and stats is None:
+        stats = calibrate(dg, data, gram=crit.needs_gram)
+    elif crit.needs_data and stats is None:
         if data is None:
             raise ValueError(f"importance {importance!r} needs gradients: pass data=[(inputs, labels), ...] "
                              "(and loss_fn=lambda model, batch: loss if batches are not (x, y) for cross-entropy)")
@@ -137,7 +153,9 @@ def plan(dg, scores: dict, cfg: PruneConfig, ratio: Optional[float] = None) -> d
     """Keep-indices ``{group: indices}`` for one ratio (``cfg.ratio`` by default)."""
     ratio = cfg.ratio if ratio is None else ratio
     if cfg.scope == "global":
-        return select_global(scores, group_ratios(dg, cfg, cfg.max_ratio), ratio, cfg)
+        ratios = group_ratios(dg, cfg, cfg.max_ratio)
+        costs = coordinate_costs(dg, ratios) if cfg.budget == "params" else None
+        return select_global(scores, ratios, ratio, cfg, costs)
     return select_local(scores, group_ratios(dg, cfg, ratio), cfg)
 
 
@@ -221,7 +239,8 @@ class PruneStep:
 
 
 def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[float] = None, data=None, loss_fn=None,
-               scores: Optional[dict] = None, check: bool = True, progress: bool = False, **options) -> PruneStep:
+               scores: Optional[dict] = None, check: bool = True, progress: bool = False, inplace: bool = False,
+               **options) -> PruneStep:
     """One pruning step on an analysed model: score, select (search the target), rewrite, certify.
 
     Args:
@@ -230,8 +249,9 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
             ``iterative_steps`` is ignored (use :func:`prune`).
         target: the absolute MACs/parameter count to reach; default: ``target_macs``/``target_params``
             of the config, relative to the analysed model.
-        data, loss_fn: for data-driven criteria, see :func:`prune`.
+        data, loss_fn: for data-driven criteria and repairs, see :func:`prune`.
         scores: ``{group: scores}`` computed already (skips scoring).
+        inplace: resize (and repair) the analysed model itself (see :func:`fxprune.apply`).
         check: certify with the permutation oracle (see :func:`fxprune.apply`).
         progress: show a tqdm bar over the target search probes (stderr).
 
@@ -252,14 +272,17 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
     cfg = dataclasses.replace(config, **options) if config is not None else PruneConfig(**options)
     crit = get_importance(cfg.importance)
     _refuse_meta(dg.model if isinstance(dg.model, nn.Module) else dg.gm, crit)
+    cal = calibration_for(dg, crit, cfg.repair, data, group_ratios(dg, cfg, cfg.max_ratio))
     if scores is None:
-        scores = score_groups(dg, crit, data=data, loss_fn=loss_fn)
+        scores = score_groups(dg, crit, data=data, loss_fn=loss_fn,
+                              stats=cal if getattr(crit, "needs_calibration", False) else None)
     counter = _counter(cfg, dg.example_args, dg.example_kwargs)
     if counter is not None and target is None:
         source = dg.model if isinstance(dg.model, nn.Module) and not dg.lifted else runnable(dg.gm)
         target = _absolute(cfg.target_macs or cfg.target_params, counter(source))
     keep = _search(dg, scores, cfg, counter, target, progress) if counter is not None else plan(dg, scores, cfg)
-    model = apply(dg, keep, check=check)
+    fix = repair_plan(dg, keep, cal, cfg.repair, inplace)
+    model = apply(dg, keep, check=check, inplace=inplace, repair=fix)
     return PruneStep(model, keep, target, getattr(model, "fxprune_certificate", None))
 
 
@@ -275,7 +298,7 @@ def _refuse_meta(model: nn.Module, crit) -> None:
 
 def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None, *,
           example_kwargs: Optional[dict] = None, data=None, loss_fn=None, callback: Optional[Callable] = None,
-          check: bool = True, progress: bool = False, **options) -> fx.GraphModule:
+          check: bool = True, progress: bool = False, inplace: bool = False, **options) -> fx.GraphModule:
     """Prune ``model`` structurally: score groups, pick channels, rewrite, certify. ``model`` is not modified.
 
     Args:
@@ -283,17 +306,22 @@ def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None
         example_inputs: tuple of positional inputs (also used to count MACs and to certify).
         config: a :class:`PruneConfig`; keyword ``options`` override its fields.
         example_kwargs: keyword inputs, passed to the analysis, the MAC count and the check.
-        data: batches for data-driven criteria (``taylor``, ``hessian``); re-read at every step.
+        data: batches for data-driven criteria and repairs, re-read at every step: ``(x, y)`` for
+            gradient criteria (``taylor``, ``hessian``); model inputs for calibrated ones (``wanda``,
+            ``fluctuation``, ``obs``) and ``repair`` (a tensor, a tuple of positional inputs or a
+            dict of keyword inputs per batch; an ``(x, y)`` pair gives ``x``).
         loss_fn: ``(model, batch) -> loss``; default cross-entropy on ``(x, y)`` batches.
         callback: ``callback(step, model)`` after every step (1-based); may return a replacement model.
+        inplace: resize (and repair) the user's own modules, as one transaction (see
+            :func:`fxprune.apply`), and return ``model``; one step only.
         check: certify every step with the permutation oracle in float64 (Note [Certified by default]
             in ``fxprune/checks/certificate.py``); the result's ``.fxprune_certificate`` says what was
             checked. ``False`` skips it.
         progress: tqdm bars over the steps and the target search probes (stderr).
 
     Returns:
-        The pruned ``fx.GraphModule``: it trains like ``model`` or refuses ``train()`` (Note
-        [Training mode] in ``fxprune/capture/modes.py``).
+        The pruned ``fx.GraphModule`` (``model`` itself with ``inplace=True``): it trains like
+        ``model`` or refuses ``train()`` (Note [Training mode] in ``fxprune/capture/modes.py``).
 
     Raises:
         OracleMismatchError: the certificate failed (a rule misses a coupling; please report it).
@@ -317,6 +345,11 @@ def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None
     if crit.needs_data and data is None:
         raise ValueError(f"importance {cfg.importance!r} needs gradients: pass data=[(inputs, labels), ...] "
                          "and, unless batches are (x, y) for cross-entropy, loss_fn=lambda model, batch: loss")
+    if needs_calibration(crit, cfg.repair) and data is None:
+        raise ValueError(f"importance {cfg.importance!r} / repair {cfg.repair!r} read activations: pass "
+                         "data=[batch, ...] of model inputs (the calibration set)")
+    if inplace and cfg.iterative_steps > 1:
+        raise ValueError("inplace=True prunes in one step: use iterative_steps=1, or prune a copy iteratively")
     _refuse_meta(model, crit)
     counter = _counter(cfg, example_inputs, example_kwargs)
     original = counter(model) if counter else None
@@ -326,7 +359,8 @@ def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None
     for k in tqdm(range(1, n + 1), desc="pruning steps", unit="step", leave=False, disable=not progress or n == 1):
         step_cfg, target = _step_config(cfg, k, sched, original)
         dg = analyze(current, example_inputs, example_kwargs, leaf_modules=cfg.leaf_modules)
-        step = prune_step(dg, step_cfg, target=target, data=data, loss_fn=loss_fn, check=check, progress=progress)
+        step = prune_step(dg, step_cfg, target=target, data=data, loss_fn=loss_fn, check=check, progress=progress,
+                          inplace=inplace)
         current = step.model
         if callback is not None:
             current = callback(k, current) or current

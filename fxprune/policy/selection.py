@@ -26,7 +26,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from operator import attrgetter
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 import torch.nn as nn
@@ -151,28 +151,33 @@ def select_local(scores: dict, ratios: dict, cfg) -> dict:
     return keep
 
 
-def select_global(scores: dict, ratios: dict, ratio: float, cfg) -> dict:
+def select_global(scores: dict, ratios: dict, ratio: float, cfg, costs: Optional[dict] = None) -> dict:
     """Rank the coordinates of all groups together; remove the lowest ``ratio`` of them.
 
     Per-group limits (``max_ratio``, ``min_keep``, per-module ``ratios`` as caps) hold;
-    ``round_to`` then rounds each group's kept count up.
+    ``round_to`` then rounds each group's kept count up. With ``costs`` (``{group: weight
+    of one coordinate}``, e.g. the parameters it removes) ``ratio`` is a share of the total
+    weight instead of the coordinate count.
     """
     cands = [(g, s) for g, s in scores.items() if g in ratios and s is not None]
     if not cands:
         return {}
-    total = sum(g.size for g, _ in cands)
-    budget = int(round(ratio * total))
+    weight = [1.0 if costs is None else float(costs[g]) for g, _ in cands]
+    total = sum(g.size * w for (g, _), w in zip(cands, weight))
+    budget = float(round(ratio * total)) if costs is None else ratio * total
     flat = torch.cat([s.double() for _, s in cands])
     owner = torch.cat([torch.full((g.size,), i) for i, (g, _) in enumerate(cands)])
     cap = [g.size - n_keep(g.size, ratios[g], _no_round(cfg)) for g, _ in cands]
     removed = [0] * len(cands)
     for j in torch.argsort(flat).tolist():
-        if budget == 0:
-            break
         i = int(owner[j])
+        if budget < weight[i] / 2:  # nearest count: remove while at least half a coordinate is left
+            if costs is None:
+                break
+            continue
         if removed[i] < cap[i]:
             removed[i] += 1
-            budget -= 1
+            budget -= weight[i]
     keep = {}
     for (g, s), r in zip(cands, removed):
         n = n_keep(g.size, r / g.size, cfg) if r else g.size

@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
                         "gradient criteria (taylor, hessian) need --calib-batches")
     p.add_argument("--calib-batches", type=int, default=0, metavar="N",
                    help="for gradient criteria: N random batches labelled by the original model's own argmax")
+    p.add_argument("--calib", type=int, default=0, metavar="N",
+                   help="N random calibration batches shaped like the example input (Gaussian; random token ids "
+                        "for integer inputs) for wanda/fluctuation/obs and --repair")
+    p.add_argument("--repair", choices=["bias", "lstsq"], default=None,
+                   help="refit every layer that reads removed channels on the calibration batches "
+                        "(bias: mean compensation; lstsq: damped least squares); needs --calib N")
     p.add_argument("--scope", choices=["local", "global"], default="local",
                    help="local: every group loses the ratio; global: one ranking of all groups")
     p.add_argument("--ignore", nargs="+", default=[], metavar="NAME",
@@ -157,14 +163,20 @@ def _config(args):
                            scope=args.scope, ignore=tuple(args.ignore), round_to=args.round_to,
                            max_ratio=args.max_ratio, target_macs=args.target_macs, target_params=args.target_params,
                            tolerance=args.tolerance,
-                           iterative_steps=args.iterative_steps, leaf_modules=tuple(args.leaf))
+                           iterative_steps=args.iterative_steps, leaf_modules=tuple(args.leaf), repair=args.repair)
     except (ValueError, TypeError, KeyError) as e:
         raise _Fail(EXIT_USAGE, str(e).strip("'\""))
 
 
 def _check_options(args, cfg) -> None:
+    from ..calib.pipeline import needs_calibration
     from ..policy.importance import get_importance
-    if get_importance(cfg.importance).needs_data and args.calib_batches <= 0:
+    crit = get_importance(cfg.importance)
+    if needs_calibration(crit, args.repair) and not crit.needs_data and args.calib <= 0:
+        what = f"--repair {args.repair}" if args.repair else f"importance {args.importance!r}"
+        raise _Fail(EXIT_USAGE, f"{what} reads activations: pass --calib N (N random input batches) or use "
+                                "the Python API with your own data")
+    if crit.needs_data and args.calib_batches <= 0:
         raise _Fail(EXIT_USAGE, f"importance {args.importance!r} needs gradients: pass --calib-batches N "
                                 "(random inputs labelled by the model itself) or use the Python API with data")
     if args.latency_runs < 0:
@@ -261,7 +273,8 @@ def _prune(args, m: _Loaded, dg, cfg, say) -> _Pruned:
     from .. import prune, prune_step
     from ..policy.counting import count_params
     from ..policy.importance import get_importance
-    data = _calibration(m, args.calib_batches, say) if get_importance(cfg.importance).needs_data else None
+    crit = get_importance(cfg.importance)
+    data = _calibration(m, args.calib_batches, say) if crit.needs_data else _plain_calibration(args, crit, m)
     check = not args.no_verify
     t = time.perf_counter()
     if cfg.iterative_steps == 1:
@@ -279,6 +292,16 @@ def _prune(args, m: _Loaded, dg, cfg, say) -> _Pruned:
     pruned = prune(m.model, m.args, cfg, example_kwargs=m.kwargs, data=data, callback=step, check=check,
                    progress=say.bars)
     return _Pruned(pruned, None, time.perf_counter() - t, getattr(pruned, "fxprune_certificate", None))
+
+
+def _plain_calibration(args, crit, m: _Loaded):
+    """``--calib N`` random model inputs, where a calibrated criterion or ``--repair`` needs them
+    (with a gradient criterion, its labelled batches calibrate the repair too)."""
+    from ..calib import random_batches
+    from ..calib.pipeline import needs_calibration
+    if not needs_calibration(crit, args.repair):
+        return None
+    return random_batches(m.args, args.calib, args.seed + 1)
 
 
 # -- step 4: report ---------------------------------------------------------------------------------

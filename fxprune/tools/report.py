@@ -68,4 +68,7 @@ def print_tables(args, m, dg, res, t_analyze: float, cfg, counts: tuple, lat, re
         print(f"\ncertificate: {cert}")
     if report is not None:
         print("\nexactness oracles (float64, fresh analysis):\n" + str(report))
+    from ..calib import repair_report
+    if repair_report(res.model) is not None:
+        print("\n" + str(repair_report(res.model)))
     return before == after
