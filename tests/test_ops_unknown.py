@@ -78,11 +78,11 @@ class BadIndex(nn.Module):
     def __init__(self):
         super().__init__()
         self.a = nn.Conv2d(3, 6, 1)
-        self.register_buffer("idx", torch.tensor([5, 0, 2]))
+        self.register_buffer("keep", torch.tensor([True, False, True, False, False, True]))
         self.out = nn.Conv2d(3, 2, 1)
 
     def forward(self, x):
-        return self.out(self.a(x)[:, self.idx])  # advanced indexing along channels
+        return self.out(self.a(x)[:, self.keep])  # boolean-mask indexing along channels
 
 
 def test_rule_that_cannot_handle_a_call_pins():

@@ -89,15 +89,18 @@ def _mixer(dg):
 def _swin(dg):
     assert sizes_with(dg, "patch_embed.proj.weight", 0) == [96]
     qkv = sizes_with(dg, "layers.0.blocks.0.attn.qkv.weight", 0)
-    assert 32 in qkv and 3 not in qkv, dg.report()  # head_dim prunable; heads pinned by the bias table index
+    # head_dim and heads prunable: the heads take their columns of the relative-position bias table
+    assert 32 in qkv and 3 in qkv, dg.report()
+    assert sizes_with(dg, "layers.0.blocks.0.attn.relative_position_bias_table", 1) == [3]
     assert sizes_with(dg, "layers.0.blocks.0.mlp.fc1.weight", 0) == [384]
 
 
 def _levit(dg):
     stream = sizes_with(dg, "stem.conv4.linear.weight", 0)
     assert stream == [128] and sizes_with(dg, "stages.0.blocks.1.mlp.ln2.linear.weight", 0) == [128]
-    # per-head key and value dims (16, 32); heads are pinned by the attention-bias index
-    assert sizes_with(dg, "stages.0.blocks.0.attn.qkv.linear.weight", 0) == [16, 32], dg.report()
+    # heads (4) with their rows of the attention-bias table, per-head key and value dims (16, 32)
+    assert sizes_with(dg, "stages.0.blocks.0.attn.qkv.linear.weight", 0) == [4, 16, 32], dg.report()
+    assert sizes_with(dg, "stages.0.blocks.0.attn.attention_biases", 0) == [4]
     assert sizes_with(dg, "stages.0.blocks.0.mlp.ln1.linear.weight", 0) == [256]
 
 

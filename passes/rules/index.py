@@ -164,9 +164,23 @@ def _tensor_getitem(ctx: RuleContext, x: TV) -> TV:
             ctx.pin(x.dims[d], f"integer index at {ctx.where}")
             d += 1
         else:
-            raise RuleError("advanced (tensor) indexing")
+            dims.extend(_advanced_index(ctx, x, d, items, it))
+            d += 1
     dims.extend(x.dims[d:])
     return ctx.result(dims)
+
+
+def _advanced_index(ctx: RuleContext, x: TV, d: int, items: list, it) -> tuple:
+    """``x[:, idx]`` with one integer index tensor: the indexed dim is addressed by the index's
+    values (pinned) and replaced, in place, by the index's own dims (Note [Index tensors] in
+    sequence.py). Several index tensors, boolean masks and ``None`` beside them pin instead."""
+    idx, real = ctx.v(it), ctx.analyzer.env.get(it)
+    others = [i for i in items if i is not it and not isinstance(i, slice) and i is not Ellipsis]
+    if not isinstance(idx, TV) or others or not isinstance(real, torch.Tensor) or \
+            real.dtype not in (torch.long, torch.int, torch.int16, torch.int8):
+        raise RuleError("advanced indexing other than one integer index tensor beside slices")
+    ctx.pin(x.dims[d], f"indexed by a tensor at {ctx.where}")
+    return idx.dims
 
 
 def _seq_getitem(ctx: RuleContext, seq: SV):
