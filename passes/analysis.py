@@ -214,6 +214,7 @@ class _Analyzer(fx.Interpreter):
             return self._unknown(ctx, f"no rule for {registry.rule_name(n, module)}")
         try:
             val = rule(ctx)
+            ctx.check_all_read()
         except (RuleError, IndexError, TypeError, ValueError, KeyError, AttributeError) as e:
             ctx.edits.clear(), ctx.attrs.clear()
             ctx.retarget = ctx.size_read = None
