@@ -39,6 +39,7 @@ class VerifyReport:
     removal_error: float
     skipped: list = field(default_factory=list)  # (group name, why) left out of removal
     rtol: float = 1e-9
+    failures: list = field(default_factory=list)  # pruned models that failed to run, and why
 
     @property
     def passed(self) -> bool:
@@ -54,6 +55,8 @@ class VerifyReport:
         text = tabulate(rows, headers=["oracle", "checked", "max rel. error", f"rtol {self.rtol:g}"])
         if self.skipped:
             text += f"\nremoval oracle skipped {len(self.skipped)} groups mixed by normalization/reduction"
+        for failure in self.failures:
+            text += f"\n{failure}"
         return text
 
 
@@ -104,6 +107,18 @@ def _zero_removed_consumers(gm: nn.Module, keep: dict) -> None:
                 t.index_fill_(d, mask.nonzero().flatten(), 0.0)
 
 
+def _pruned_error(ref, gm, keep: dict, inputs: tuple, kwargs: dict, oracle: str, failures: list) -> float:
+    """The relative error of the pruned ``gm`` against ``ref``; a pruned model that fails to run
+    (a shape mismatch from a missed coupling) is a mismatch, recorded in ``failures``."""
+    try:
+        out = rewrite_graph(gm, keep)(*inputs, **kwargs)
+    except Exception as e:  # noqa: BLE001 - any failure of the pruned model is the oracle's finding
+        failures.append(f"{oracle} oracle: the pruned model fails to run: {type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:300]}")
+        return math.inf
+    return relative_error(ref, out)
+
+
 def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = None, *, seed: int = 0,
            removal: float = 1 / 3, rtol: float = 1e-9, leaf_modules: Iterable = (),
            raise_on_mismatch: bool = True, fold: bool = False) -> VerifyReport:
@@ -142,14 +157,15 @@ def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = No
     with torch.no_grad():
         ref = runnable(dg.gm)(*inputs, **kwargs)
         perm = {g.atom: torch.randperm(g.size, generator=gen) for g in dg.groups}
-        perm_err = relative_error(ref, rewrite_graph(dg.gm, perm)(*inputs, **kwargs))
+        failures: list = []
+        perm_err = _pruned_error(ref, dg.gm, perm, inputs, kwargs, "permutation", failures)
         safe = [g for g in dg.groups if g.mixing is None]
         keep = {g.atom: _random_keep(g.size, removal, gen) for g in safe}
         zeroed = copy.deepcopy(dg.gm)
         _zero_removed_consumers(zeroed, keep)
-        rem_err = relative_error(runnable(zeroed)(*inputs, **kwargs), rewrite_graph(zeroed, keep)(*inputs, **kwargs))
+        rem_err = _pruned_error(runnable(zeroed)(*inputs, **kwargs), zeroed, keep, inputs, kwargs, "removal", failures)
     report = VerifyReport(len(dg.groups), sum(g.size for g in dg.groups), perm_err, len(safe), rem_err,
-                          [(g.name, g.mixing) for g in dg.groups if g.mixing is not None], rtol)
+                          [(g.name, g.mixing) for g in dg.groups if g.mixing is not None], rtol, failures)
     if raise_on_mismatch and not report.passed:
         raise OracleMismatchError(f"pruned {type(model).__name__} does not compute what the original "
                                   f"computes; a rule misses a coupling:\n{report}")
