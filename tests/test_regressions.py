@@ -119,6 +119,51 @@ def test_advanced_index_couples_the_index_entries_and_pins_what_they_address():
     runs_smaller(m, X, X2)
 
 
+class TokenPool(nn.Module):
+    """CLIP's text pooling: ``x[torch.arange(B), ids.argmax(-1)]`` picks one token per sequence."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 6)
+        self.proj = nn.Linear(6, 3)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        return self.proj(x[torch.arange(x.shape[0]), ids.argmax(dim=-1)])
+
+
+def test_two_index_tensors_gather_tokens_and_keep_the_channels_prunable():
+    m = TokenPool().eval()
+    ids = (torch.tensor([[1, 7, 3, 2], [9, 4, 4, 0]]),)
+    dg = fxprune.analyze(m, ids)
+    g = group_with(dg, "emb.weight", 1)
+    assert ("proj.weight", 1) in g.members
+    verified(m, ids, groups=1)
+
+
+class SplitIndices(nn.Module):
+    """Index tensors on dims 0 and 2 (not adjacent): their broadcast dims come first."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv1d(3, 5, 1)
+        self.register_buffer("rows", torch.tensor([[1], [0]]))  # (2, 1)
+        self.register_buffer("cols", torch.tensor([3, 0, 2]))  # (3,)
+        self.d = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.d(self.c(x)[self.rows, :, self.cols])  # (2, 3, 5)
+
+
+def test_non_adjacent_index_tensors_put_their_dims_first():
+    m = SplitIndices().eval()
+    x = (torch.randn(2, 3, 4),)
+    dg = fxprune.analyze(m, x)
+    g = group_with(dg, "c.weight", 0)
+    assert ("d.weight", 1) in g.members
+    verified(m, x, groups=1)
+
+
 class BoolMaskIndex(nn.Module):
     def __init__(self):
         super().__init__()

@@ -54,7 +54,7 @@ def _monai_unet():
 def _monai_basic_unet():
     from monai.networks.nets import BasicUNet
     m = BasicUNet(spatial_dims=3, in_channels=1, out_channels=2, features=(4, 4, 8, 8, 16, 4))
-    return m, (_x(1, 1, 16, 16, 16),), {}
+    return m, (_x(1, 1, 32, 32, 32),), {}
 
 
 def _monai_swin_unetr():

@@ -7,6 +7,7 @@ import torch
 
 from ..context import IV, OV, SV, TV, RuleContext, RuleError
 from ..registry import method, register
+from .attention import broadcast_dims
 from .common import pin_mixed_dynamic, pin_moving_bounds
 
 __all__ = ["cat", "stack", "split", "unbind", "narrow", "select", "getitem"]
@@ -150,9 +151,10 @@ def _tensor_getitem(ctx: RuleContext, x: TV) -> TV:
     raw = ctx.arg(1)
     items, path = (list(raw), ("args", 1)) if isinstance(raw, tuple) else ([raw], None)
     used = sum(1 for it in items if it is not None and it is not Ellipsis)
-    dims, d = [], 0
+    dims, d, advanced, plain = [], 0, [], 0  # plain: None and integer items
     for k, it in enumerate(items):
         if it is None:
+            plain += 1
             dims.append(((),))
         elif it is Ellipsis:
             dims.extend(x.dims[d:d + x.ndim - used])
@@ -161,26 +163,42 @@ def _tensor_getitem(ctx: RuleContext, x: TV) -> TV:
             dims.append(_slice_dim(ctx, x, d, it, path + (k,) if path else ("args", 1)))
             d += 1
         elif isinstance(ctx.v(it), IV):
+            plain += 1
             ctx.pin(x.dims[d], f"integer index at {ctx.where}")
             d += 1
         else:
-            dims.extend(_advanced_index(ctx, x, d, items, it))
+            advanced.append((len(dims), d, it))
+            dims.append(None)
             d += 1
     dims.extend(x.dims[d:])
+    if advanced and plain:
+        raise RuleError("advanced indexing beside None or integer indices")
+    if advanced:
+        dims = _advanced_index(ctx, x, dims, advanced)
     return ctx.result(dims)
 
 
-def _advanced_index(ctx: RuleContext, x: TV, d: int, items: list, it) -> tuple:
-    """``x[:, idx]`` with one integer index tensor: the indexed dim is addressed by the index's
-    values (pinned) and replaced, in place, by the index's own dims (Note [Index tensors] in
-    sequence.py). Several index tensors, boolean masks and ``None`` beside them pin instead."""
-    idx, real = ctx.v(it), ctx.analyzer.env.get(it)
-    others = [i for i in items if i is not it and not isinstance(i, slice) and i is not Ellipsis]
-    if not isinstance(idx, TV) or others or not isinstance(real, torch.Tensor) or \
-            real.dtype not in (torch.long, torch.int, torch.int16, torch.int8):
-        raise RuleError("advanced indexing other than one integer index tensor beside slices")
-    ctx.pin(x.dims[d], f"indexed by a tensor at {ctx.where}")
-    return idx.dims
+_INDEX_DTYPES = (torch.long, torch.int, torch.int16, torch.int8)
+
+
+def _advanced_index(ctx: RuleContext, x: TV, dims: list, advanced: list) -> list:
+    """``x[:, idx]``, ``x[rows, cols]``: integer index tensors beside slices. The dims they index
+    are addressed by their values (pinned); the indices broadcast together, and their dims take
+    the place of the first indexed dim (adjacent indices) or the front (Note [Index tensors] in
+    sequence.py). Boolean masks, and ``None`` or integers beside index tensors, pin instead."""
+    idx = []
+    for _, d, it in advanced:
+        val, real = ctx.v(it), ctx.analyzer.env.get(it)
+        if not isinstance(val, TV) or not isinstance(real, torch.Tensor) or real.dtype not in _INDEX_DTYPES:
+            raise RuleError("advanced indexing with a mask or a non-tensor index")
+        idx.append(val)
+        ctx.pin(x.dims[d], f"indexed by a tensor at {ctx.where}")
+    n = max(t.ndim for t in idx)
+    shared = broadcast_dims(ctx, [(t.shape, t.dims) for t in idx], n)
+    where = [pos for pos, _, _ in advanced]
+    at = where[0] if where == list(range(where[0], where[0] + len(where))) else 0
+    rest = [layout for layout in dims if layout is not None]
+    return rest[:at] + shared + rest[at:]
 
 
 def _seq_getitem(ctx: RuleContext, seq: SV):
