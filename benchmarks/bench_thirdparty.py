@@ -75,8 +75,9 @@ def _tp(model, args, kwargs) -> dict:
     with torch.no_grad():
         ref = model(*args, **kwargs)
     example = kwargs if kwargs else (args[0] if len(args) == 1 else args)
-    if kwargs and args:
-        raise TypeError("positional and keyword inputs together: Torch-Pruning takes one of them")
+    if kwargs and args:  # Torch-Pruning takes one of them: every input by name
+        import inspect
+        example = dict(inspect.signature(model.forward).bind(*args, **kwargs).arguments)
     pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
                                        pruning_ratio=RATIO, ignored_layers=_output_layers(model, ref))
     pruner.step()

@@ -393,3 +393,23 @@ def test_verify_reports_a_pruned_model_that_fails_to_run():
             fxprune.verify(m, x)
     finally:
         registry._RULES.pop(_mm)
+
+
+class DefaultDtypeMask(nn.Module):
+    """DETR's pixel mask: ``torch.ones`` without a dtype, then cast to float32 (the export graph
+    records the factory without a dtype and asserts the cast's input dtype)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        mask = torch.ones(x.shape[0], 1, device=x.device).to(torch.float32)
+        return self.out(self.lin(x) * mask)
+
+
+def test_verify_runs_factories_without_dtype_in_float64():
+    m, x = DefaultDtypeMask().eval(), torch.randn(2, 4)
+    rep = fxprune.verify(m, (), {"x": x})  # keyword input: captured by torch.export
+    assert rep.passed and rep.groups == 1

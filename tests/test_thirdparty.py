@@ -54,6 +54,7 @@ def test_monai_unet_is_exact():
     assert len(dg.groups) >= 3, dg.report()
 
 
+@pytest.mark.slow  # captured by torch.export with every dim dynamic: about a minute
 def test_diffusers_unet_is_exact_with_its_timestep_input():
     dg = _exact("diffusers UNet2DModel")
     assert _members(dg, "down_blocks."), dg.report()

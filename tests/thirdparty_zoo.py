@@ -85,10 +85,20 @@ def _tv_retinanet_head():
     return Head(), (_x(2, 32, 16, 16), _x(2, 32, 8, 8, seed=2), _x(2, 32, 4, 4, seed=3)), {}
 
 
-def _tv_fasterrcnn():
-    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
-    m = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=3)
-    return m, ([_x(3, 96, 96)],), {}
+def _hf_detr():
+    import transformers as T
+    backbone = T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage1", "stage2"])
+    cfg = T.DetrConfig(use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False, d_model=32,
+                       encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                       encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=5, num_labels=3)
+    return T.DetrForObjectDetection(cfg), (), {"pixel_values": _x(2, 3, 64, 64), "return_dict": False}
+
+
+def _hf_yolos():
+    import transformers as T
+    cfg = T.YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        image_size=[32, 32], patch_size=8, num_detection_tokens=5, num_labels=3)
+    return T.YolosForObjectDetection(cfg), (), {"pixel_values": _x(2, 3, 32, 32), "return_dict": False}
 
 
 def _open_clip():
@@ -121,7 +131,8 @@ def _hf_whisper():
     import transformers as T
     cfg = T.WhisperConfig(vocab_size=64, num_mel_bins=8, d_model=32, encoder_layers=2, decoder_layers=2,
                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
-                          decoder_ffn_dim=64, max_source_positions=16, max_target_positions=16, use_cache=False)
+                          decoder_ffn_dim=64, max_source_positions=16, max_target_positions=16, use_cache=False,
+                          pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
     dec = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(3))
     return T.WhisperModel(cfg), (), {"input_features": _x(2, 8, 32), "decoder_input_ids": dec}
 
@@ -138,7 +149,8 @@ MODELS = {
     "MONAI SwinUNETR 3-D": ("monai", "medical imaging", _monai_swin_unetr),
     "torchvision FPN backbone (resnet18)": ("torchvision", "detection", _tv_fpn_backbone),
     "torchvision RetinaNet head": ("torchvision", "detection", _tv_retinanet_head),
-    "torchvision Faster R-CNN (mobilenet_v3 320)": ("torchvision", "detection", _tv_fasterrcnn),
+    "HF DetrForObjectDetection": ("transformers", "detection", _hf_detr),
+    "HF YolosForObjectDetection": ("transformers", "detection", _hf_yolos),
     "open_clip CLIP": ("open_clip", "contrastive image-text", _open_clip),
     "HF CLIPModel": ("transformers", "contrastive image-text", _hf_clip),
     "HF Wav2Vec2ForCTC": ("transformers", "speech", _hf_wav2vec2),
@@ -165,6 +177,7 @@ def build(name: str):
         pass
     torch.manual_seed(0)
     model, args, kwargs = MODELS[name][2]()
+    model.eval()
     zoo.make_informative(_WithKwargs(model, kwargs), args)
     return model.eval(), args, kwargs
 

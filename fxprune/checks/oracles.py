@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass, field
@@ -87,6 +88,18 @@ def _check_folded_capture(model: nn.Module, gm, inputs: tuple, kwargs: dict, rto
             "listed in fxprune.capture.IDENTITY_ATTRS is not only an index?); use fold=False")
 
 
+@contextlib.contextmanager
+def _float64_default():
+    """Factories without a dtype (``torch.ones(shape)``, as exported graphs record them) make
+    float64 tensors, as they would in the float64 model; float32 casts are promoted alike."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
 def _random_keep(size: int, fraction_removed: float, gen: torch.Generator) -> torch.Tensor:
     n_keep = max(1, size - int(round(size * fraction_removed)))
     return torch.randperm(size, generator=gen)[:n_keep]
@@ -154,7 +167,7 @@ def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = No
         _promote_float32_casts(gm)
     inputs = tuple(x for i, x in enumerate(inputs) if i not in set(dg.lifted))  # now graph attributes
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
+    with torch.no_grad(), _float64_default():
         ref = runnable(dg.gm)(*inputs, **kwargs)
         perm = {g.atom: torch.randperm(g.size, generator=gen) for g in dg.groups}
         failures: list = []
