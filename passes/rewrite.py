@@ -93,9 +93,9 @@ def _rewrite_node(new: fx.GraphModule, node: fx.Node, meta, keep: dict) -> None:
         for name, layouts in meta.attr_edits:
             owner, _, attr = name.rpartition(".")
             owner = module.get_submodule(owner) if owner else module
-            if isinstance(layouts, tuple) and layouts and isinstance(layouts[0], tuple) \
-                    and layouts[0] and isinstance(layouts[0][0], tuple):
-                value = type(getattr(owner, attr))(new_size(l, keep) for l in layouts)
+            old = getattr(owner, attr)  # a sequence attribute (normalized_shape) has one layout per entry;
+            if isinstance(old, (tuple, list)):  # a layout's shape cannot tell: factors nest layouts
+                value = type(old)(new_size(l, keep) for l in layouts)
             else:
                 value = new_size(layouts, keep)
             setattr(owner, attr, value)

@@ -178,7 +178,7 @@ def check_other_batch(spec: ModelSpec) -> bool:
     net, x, x3 = FuzzNet(spec), example(spec), example(spec, BATCH + 1)
     try:
         ref = net(x3)
-    except RuntimeError:  # a buffer fixes the batch (a key padding mask): nothing to check
+    except (RuntimeError, AssertionError):  # a buffer fixes the batch (a key padding mask): nothing to check
         return True
     dg = fxprune.analyze(net, (x,))
     pruned = fxprune.apply(dg, {g: list(range(0, g.size, 2)) for g in dg.groups})

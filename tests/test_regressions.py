@@ -413,3 +413,26 @@ def test_verify_runs_factories_without_dtype_in_float64():
     m, x = DefaultDtypeMask().eval(), torch.randn(2, 4)
     rep = fxprune.verify(m, (), {"x": x})  # keyword input: captured by torch.export
     assert rep.passed and rep.groups == 1
+
+
+class RepeatThenSplit(nn.Module):
+    """Found by the fuzzer: the Linear reads product(count, C) (a repeat); chunking the count and
+    splitting C into unit pieces afterwards nests a sum inside that product, and the rewrite took
+    the nested in_features layout for a list of sizes (TypeError in every pruned model)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 2)
+
+    def forward(self, x):
+        z = x.repeat(1, 2)
+        y = self.lin(z)
+        a, b = z.chunk(2, 1)
+        return y, (a * b).split(1, 1)[3]
+
+
+def test_module_attribute_with_a_nested_layout_is_one_size():
+    m, x = RepeatThenSplit().eval(), (torch.randn(2, 4),)
+    verified(m, x)
+    p = fxprune.apply(fxprune.analyze(m, x), {})
+    assert p.lin.in_features == 8
