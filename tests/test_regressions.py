@@ -436,3 +436,43 @@ def test_module_attribute_with_a_nested_layout_is_one_size():
     verified(m, x)
     p = fxprune.apply(fxprune.analyze(m, x), {})
     assert p.lin.in_features == 8
+
+
+class RepeatInterleaveTotal(nn.Module):
+    """``repeat_interleave(..., output_size=)``: the total is a count of the output dim."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.b(self.a(x).repeat_interleave(2, dim=1, output_size=6))
+
+
+def test_repeat_interleave_output_size_is_rewritten():
+    m, x = RepeatInterleaveTotal().eval(), (torch.randn(2, 4),)
+    dg = fxprune.analyze(m, x)
+    g = group_with(dg, "a.weight", 0, size=3)
+    verified(m, x, groups=2)  # a's outputs, and the repeat count
+    p = fxprune.apply(dg, {g: [2]})
+    assert p.b.in_features == 2 and p(*x).shape == (2, 2)
+
+
+class TopkAlongChannels(nn.Module):
+    """``topk`` along the channels sorts them: exported as aten.topk(x, k, dim), where the
+    rule took ``k`` for the dim and left the sorted channels prunable."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 2), nn.Linear(2, 2)
+
+    def forward(self, x):
+        h = self.a(x).transpose(1, 2)  # (B, 2, T)
+        return self.b(torch.topk(h, 2, dim=1).values.transpose(1, 2))
+
+
+def test_aten_topk_pins_the_dim_it_sorts():
+    m, x = TopkAlongChannels().eval(), torch.randn(2, 5, 3)
+    dg = fxprune.analyze(m, (), {"x": x})  # keyword input: captured by torch.export
+    assert ("a.weight", 0) not in members(dg), dg.report()
+    assert fxprune.verify(m, (), {"x": x}).passed

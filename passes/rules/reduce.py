@@ -65,8 +65,9 @@ def reduction(ctx: RuleContext):
 def arg_reduction(ctx: RuleContext):
     """Ops whose output depends on coordinate order along ``dim`` pin it."""
     x = ctx.tensor(0, "input")
-    dims = dims_arg(ctx, ctx.arg(1, "dim", None) if ctx.node.target not in ("topk", torch.topk)
-                    else ctx.arg(2, "dim", -1), x.ndim)
+    target = ctx.node.target
+    topk = target in ("topk", torch.topk) or getattr(target, "__name__", "").startswith("topk.")  # aten.topk too
+    dims = dims_arg(ctx, ctx.arg(2, "dim", -1) if topk else ctx.arg(1, "dim", None), x.ndim)
     for d in dims:
         ctx.pin(x.dims[d], f"coordinate-dependent op at {ctx.where}")
     outs = ctx.out if isinstance(ctx.out, (tuple, list)) else [ctx.out]

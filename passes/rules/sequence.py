@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from ..axes import UNIT
 from ..context import IV, SV, TV, RuleContext, RuleError
 from ..registry import method, register
+from .common import size_arg_edit
 
 __all__ = ["embedding", "recurrent", "index_select", "gather", "take_along_dim", "repeat_interleave", "coordinate_dependent"]
 
@@ -131,10 +132,11 @@ def repeat_interleave(ctx: RuleContext) -> TV:
         raise RuleError("repeat_interleave with tensor repeats or without dim")
     d = ctx.dim(int(ctx.v(raw_dim).value), x.ndim)
     count = ctx.fresh(int(reps.value))
-    if reps.literal:
-        ctx.edit(ctx.path(1, "repeats"), count)
+    size_arg_edit(ctx, ctx.path(1, "repeats"), ctx.arg(1, "repeats"), count)
     dims = list(x.dims)
     dims[d] = ctx.axes.product(x.dims[d], count)
+    if ctx.arg(3, "output_size", None) is not None:  # the total, a count of the output dim
+        size_arg_edit(ctx, ctx.path(3, "output_size"), ctx.arg(3, "output_size"), dims[d])
     return ctx.result(dims)
 
 
