@@ -182,6 +182,39 @@ def test_boolean_mask_index_pins_mask_and_channels():
     verified(m, X)
 
 
+class IndexWrite(nn.Module):
+    """Ops that write or read through an index (no rule): the index and every channel they touch pin."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+        self.c = nn.Conv1d(3, 6, 1)
+        self.register_buffer("idx", torch.tensor([4, 1, 1]))
+        self.d = nn.Conv1d(6, 2, 1)
+
+    def forward(self, x):
+        y, idx = self.c(x), self.idx
+        if self.op == "index_add":
+            y = y.index_add(1, idx, y[:, :3] * 2)
+        elif self.op == "index_copy":
+            y = y.index_copy(1, idx[:2] + 1, y[:, :2])
+        elif self.op == "index_fill":
+            y = y.index_fill(1, idx, 0.5)
+        elif self.op == "scatter":
+            y = y.scatter(1, idx.view(1, 3, 1).expand(x.shape[0], 3, x.shape[2]), y[:, 3:])
+        elif self.op == "scatter_add":
+            y = y.scatter_add(1, idx.view(1, 3, 1).expand(x.shape[0], 3, x.shape[2]), y[:, :3])
+        return self.d(y)
+
+
+@pytest.mark.parametrize("op", ["index_add", "index_copy", "index_fill", "scatter", "scatter_add"])
+def test_index_writes_pin_their_index_and_channels(op):
+    m, x = IndexWrite(op).eval(), (torch.randn(2, 3, 4),)
+    dg = fxprune.analyze(m, x)
+    assert not {("idx", 0), ("c.weight", 0), ("d.weight", 1)} & members(dg), dg.report()
+    verified(m, x)
+
+
 class EmbeddingMaxNorm(nn.Module):
     def __init__(self):
         super().__init__()
