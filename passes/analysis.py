@@ -208,6 +208,7 @@ class _Analyzer(fx.Interpreter):
             return self._unknown(ctx, f"no rule for {registry.rule_name(n, module)}")
         try:
             val = rule(ctx)
+            ctx.check_all_read()
         except (RuleError, *_RULE_BUGS) as e:
             if self.strict and not isinstance(e, RuleError):
                 raise RuleBugError(

@@ -94,6 +94,8 @@ class RuleContext:
     retarget: Any = None
     size_read: Optional[RawLayout] = None
     fold: Any = None  # a folded block's call site: (FoldInfo, path, {block atom: axis}); see passes/blocks.py
+    read: set = field(default_factory=set)  # graph nodes whose values the rule read
+    params_read: set = field(default_factory=set)  # module parameters/buffers it read
 
     # -- arguments -----------------------------------------------------------
     @property
@@ -125,8 +127,14 @@ class RuleContext:
         raise RuleError(f"missing argument {name or i}")
 
     def v(self, raw: Any) -> Any:
-        """The analysis value of a raw argument (node, literal or container)."""
+        """The analysis value of a raw argument (node, literal or container), recorded as read."""
+        fx.node.map_arg(raw, self.read.add)
         return self.analyzer.value_of(raw)
+
+    def metadata_only(self, raw: Any) -> None:
+        """Declare that the rule reads only the shape/dtype/device of ``raw`` (``type_as``), so
+        its values need not be pinned (see :meth:`pin_unread`)."""
+        fx.node.map_arg(raw, self.read.add)
 
     def tensor(self, i: int, name: Optional[str] = None, default: Any = MISSING) -> Optional[TV]:
         raw = self.arg(i, name, None if default is not MISSING else MISSING)
@@ -208,7 +216,32 @@ class RuleContext:
             t = getattr(t, part, None)
         if t is None:
             return None
+        self.params_read.add(name)
         return self.analyzer.param_value(self.node, f"{self.node.target}.{name}", t)
+
+    def check_all_read(self) -> None:
+        """Raise :class:`RuleError` naming every tensor the rule did not account for.
+
+        Note [Unread tensors]: a rule states the couplings of the arguments it reads. A tensor
+        argument it never read (``attn_mask`` for a rule that ignores masks), or a parameter or
+        buffer of its module it never asked for, may be coupled to any axis of the call in ways
+        the rule did not state; left free it would become a group of its own whose pruning
+        silently changes the result. So a rule that leaves one unread cannot vouch for the call,
+        which is then treated as an op without a rule: every axis it touches is pinned.
+        """
+        unread: list = []  # tensors with a dimension of two or more: others carry no coordinates
+        coords = lambda tvs: any(n > 1 for tv in tvs for n in tv.shape)  # noqa: E731
+        labelled = [(f"argument {i}", a) for i, a in enumerate(self.node.args)]
+        labelled += [(f"keyword '{k}'", a) for k, a in self.node.kwargs.items()]
+        for label, raw in labelled:
+            fx.node.map_arg(raw, lambda n: unread.append(f"{label} ('{n.name}')")
+                            if n not in self.read and coords(iter_tensors(self.analyzer.values.get(n))) else None)
+        if self.module is not None:
+            unread += [f"'{name}' of {type(self.module).__name__}" for name, t in
+                       [*self.module.named_parameters(), *self.module.named_buffers()]
+                       if name not in self.params_read and t.numel() > 1]
+        if unread:
+            raise RuleError(f"the rule does not read {', '.join(unread[:4])}")
 
     # -- rewrite instructions ----------------------------------------------------
     def edit(self, path: tuple, layouts: Any, kind: str = "size", value: Any = None) -> None:

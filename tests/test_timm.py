@@ -100,6 +100,7 @@ def _levit(dg):
     assert stream == [128] and sizes_with(dg, "stages.0.blocks.1.mlp.ln2.linear.weight", 0) == [128]
     # heads (4) with the attention biases (their index addresses positions only), key and value dims
     assert sizes_with(dg, "stages.0.blocks.0.attn.qkv.linear.weight", 0) == [4, 16, 32], dg.report()
+    assert sizes_with(dg, "stages.0.blocks.0.attn.attention_biases", 0) == [4]
     assert sizes_with(dg, "stages.0.blocks.0.mlp.ln1.linear.weight", 0) == [256]
 
 

@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import copy
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
@@ -37,6 +39,7 @@ class VerifyReport:
     removal_error: float
     skipped: list = field(default_factory=list)  # (group name, why) left out of removal
     rtol: float = 1e-9
+    failures: list = field(default_factory=list)  # pruned models that failed to run, and why
 
     @property
     def passed(self) -> bool:
@@ -52,6 +55,8 @@ class VerifyReport:
         text = tabulate(rows, headers=["oracle", "checked", "max rel. error", f"rtol {self.rtol:g}"])
         if self.skipped:
             text += f"\nremoval oracle skipped {len(self.skipped)} groups mixed by normalization/reduction"
+        for failure in self.failures:
+            text += f"\n{failure}"
         return text
 
 
@@ -65,6 +70,18 @@ def _check_folded_capture(model: nn.Module, gm, inputs: tuple, kwargs: dict, rto
             f"the folded capture of {type(model).__name__} does not compute what the model computes "
             f"(max relative error {err:.2e}): blocks folded together behave differently (an attribute "
             "listed in fxprune.capture.IDENTITY_ATTRS is not only an index?); use fold=False")
+
+
+@contextlib.contextmanager
+def _float64_default():
+    """Factories without a dtype (``torch.ones(shape)``, as exported graphs record them) make
+    float64 tensors, as they would in the float64 model; float32 casts are promoted alike."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 def _random_keep(size: int, fraction_removed: float, gen: torch.Generator) -> torch.Tensor:
@@ -98,6 +115,18 @@ def _refuse_meta(model: nn.Module, example_inputs) -> None:
             "meta device and carry no values. fxprune.analyze works on meta models; to verify, materialize the "
             "model first (model.to_empty(device='cpu') and load its weights, or build it on the CPU) and pass "
             "CPU example inputs")
+
+
+def _pruned_error(ref, gm, keep: dict, inputs: tuple, kwargs: dict, oracle: str, failures: list) -> float:
+    """The relative error of the pruned ``gm`` against ``ref``; a pruned model that fails to run
+    (a shape mismatch from a missed coupling) is a mismatch, recorded in ``failures``."""
+    try:
+        out = rewrite_graph(gm, keep)(*inputs, **kwargs)
+    except Exception as e:  # noqa: BLE001 - any failure of the pruned model is the oracle's finding
+        failures.append(f"{oracle} oracle: the pruned model fails to run: {type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:300]}")
+        return math.inf
+    return relative_error(ref, out)
 
 
 def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = None, *, seed: int = 0,
@@ -138,17 +167,18 @@ def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = No
         promote_casts(gm)
     inputs = tuple(x for i, x in enumerate(inputs) if i not in set(dg.lifted))  # now graph attributes
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
+    with torch.no_grad(), _float64_default():
         ref = runnable(dg.gm)(*inputs, **kwargs)
         perm = {g.atom: torch.randperm(g.size, generator=gen) for g in dg.groups}
-        perm_err = relative_error(ref, rewrite_graph(dg.gm, perm)(*inputs, **kwargs))
+        failures: list = []
+        perm_err = _pruned_error(ref, dg.gm, perm, inputs, kwargs, "permutation", failures)
         safe = [g for g in dg.groups if g.mixing is None]
         keep = {g.atom: _random_keep(g.size, removal, gen) for g in safe}
         zeroed = copy.deepcopy(dg.gm)
         _zero_removed_consumers(zeroed, keep)
-        rem_err = relative_error(runnable(zeroed)(*inputs, **kwargs), rewrite_graph(zeroed, keep)(*inputs, **kwargs))
+        rem_err = _pruned_error(runnable(zeroed)(*inputs, **kwargs), zeroed, keep, inputs, kwargs, "removal", failures)
     report = VerifyReport(len(dg.groups), sum(g.size for g in dg.groups), perm_err, len(safe), rem_err,
-                          [(g.name, g.mixing) for g in dg.groups if g.mixing is not None], rtol)
+                          [(g.name, g.mixing) for g in dg.groups if g.mixing is not None], rtol, failures)
     if raise_on_mismatch and not report.passed:
         raise OracleMismatchError(f"pruned {type(model).__name__} does not compute what the original "
                                   f"computes; a rule misses a coupling:\n{report}")

@@ -150,10 +150,31 @@ def sdpa(ctx: RuleContext) -> TV:
 def _mha_inputs(ctx: RuleContext):
     q, k, v = ctx.tensor(0, "query"), ctx.tensor(1, "key"), ctx.tensor(2, "value")
     m = ctx.module
-    if not m._qkv_same_embed_dim or m.bias_k is not None or ctx.const(5, "need_weights", True) and \
-            not ctx.const(7, "average_attn_weights", True):
+    if not m._qkv_same_embed_dim or m.bias_k is not None or ctx.const(4, "need_weights", True) and \
+            not ctx.const(6, "average_attn_weights", True):
         raise RuleError("MultiheadAttention variant without a rule (separate q/k/v weights, bias_k, per-head weights)")
     return q, k, v
+
+
+def _mha_masks(ctx: RuleContext, q: TV, k: TV, heads) -> list:
+    """``key_padding_mask`` is (N, S); ``attn_mask`` is (L, S) or (N * num_heads, L, S):
+    their dims are the batch, the query and key positions and the heads they mask.
+    Returns the layouts of the attention weights' dims, (N, L, S) or (L, S)."""
+    m, batched = ctx.module, q.ndim == 3
+    seq = (1 if m.batch_first else 0) if batched else 0
+    batch = q.dims[1 - seq] if batched else None
+    length, source = q.dims[seq], k.dims[seq]
+    pad = ctx.tensor(3, "key_padding_mask", default=None)
+    if pad is not None:
+        for have, want in zip(pad.dims, ([batch] if batched else []) + [source]):
+            ctx.unify(have, want)
+    mask = ctx.tensor(5, "attn_mask", default=None)
+    if mask is not None:
+        want = [length, source] if mask.ndim == 2 else \
+            [ctx.axes.product(batch, heads) if batched else heads, length, source]
+        for have, layout in zip(mask.dims, want):
+            ctx.unify(have, layout)
+    return ([batch] if batched else []) + [length, source]
 
 
 @register(nn.MultiheadAttention)
@@ -162,7 +183,8 @@ def multihead_attention(ctx: RuleContext):
 
     The module reshapes with ``embed_dim`` (the query's size) and scales by
     1/sqrt(head_dim), so the q/k/v axis is the query's embedding axis and the
-    head dim is pinned: the embedding prunes by whole heads.
+    head dim is pinned: the embedding prunes by whole heads. Masks are tied to the
+    batch, positions and heads they mask.
     """
     m, axes = ctx.module, ctx.axes
     q, k, v = _mha_inputs(ctx)
@@ -172,6 +194,7 @@ def multihead_attention(ctx: RuleContext):
     heads, head_dim = axes.fresh(m.num_heads), axes.fresh(m.head_dim)
     ctx.unify(e, axes.product(heads, head_dim))
     ctx.pin(head_dim, "MultiheadAttention scales by 1/sqrt(head_dim)")
+    wdims = _mha_masks(ctx, q, k, heads)
     for t in (k, v):
         ctx.unify(t.dims[-1], w.dims[1])
     ctx.unify(q.dims[-1], w.dims[1])
@@ -192,7 +215,4 @@ def multihead_attention(ctx: RuleContext):
     if weights is None:
         return SV((out, ctx.analyzer.value_of(None)))
     ctx.mixing(heads, "attention weights averaged over heads")
-    lq, lk = (1, 1) if m.batch_first else (0, 0)
-    batch = q.dims[0] if m.batch_first else q.dims[1]
-    wdims = [batch, q.dims[lq if m.batch_first else 0], k.dims[lk if m.batch_first else 0]][-weights.ndim:]
     return SV((out, ctx.result(wdims, out=weights)))

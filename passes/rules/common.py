@@ -36,11 +36,19 @@ def broadcast(ctx: RuleContext, tvs: Sequence[TV]) -> TV:
     return ctx.result(dims)
 
 
+# conversions whose other tensor arguments give only a dtype/device (``x.type_as(y)``, ``x.to(y)``)
+_CONVERSIONS = {"type_as", "to", "_to_copy"}
+
+
 def passthrough(ctx: RuleContext) -> TV:
     """The output carries the axes of the first tensor argument unchanged."""
     x = ctx.tensor(0, "input")
     if ctx.out_shape() != x.shape:
         raise RuleError("shape changed by a pass-through op")
+    target = ctx.node.target
+    if (target if isinstance(target, str) else getattr(target, "__name__", "").split(".")[0]) in _CONVERSIONS:
+        for raw in (*ctx.node.args[1:], *ctx.node.kwargs.values()):
+            ctx.metadata_only(raw)
     return ctx.result(x.dims)
 
 

@@ -28,7 +28,7 @@ PASSTHROUGH_METHODS = [
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "log", "sqrt", "rsqrt",
     "abs", "neg", "sin", "cos", "erf", "sign", "square", "reciprocal", "floor", "ceil", "round",
     "contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to", "type", "type_as",
-    "cpu", "cuda", "requires_grad_", "zero_", "fill_", "clamp_min", "clamp_max", "nan_to_num",
+    "cpu", "cuda", "requires_grad_", "zero_", "fill_", "nan_to_num",
 ]
 PASSTHROUGH_MODULES = [
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh,
@@ -52,7 +52,7 @@ ELEMENTWISE_METHODS = [
     "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "true_divide", "floor_divide",
     "remainder", "pow", "pow_", "maximum", "minimum", "clamp", "clamp_", "clip", "masked_fill",
     "masked_fill_", "lerp", "addcmul", "addcdiv", "eq", "ne", "lt", "le", "gt", "ge",
-    "logical_and", "logical_or", "logical_not", "where", "fmod", "rsub", "copy_",
+    "logical_and", "logical_or", "logical_not", "where", "fmod", "rsub", "copy_", "clamp_min", "clamp_max",
 ]
 ELEMENTWISE_OPERATORS = [
     operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.mod,
@@ -128,7 +128,10 @@ def softmax(ctx: RuleContext) -> TV:
 @register(torch._assert, "torch._assert_async", "torch.fx._symbolic_trace._assert_is_none",
           builtins.isinstance, builtins.int, builtins.float, builtins.bool)
 def python_value(ctx: RuleContext):
-    """Ops whose result is a Python value, not a tensor."""
+    """Ops whose result is a Python value, not a tensor: they read metadata (asserts, guards)
+    or a single element (``int(t)``), never coordinates of a channel axis."""
+    for raw in (*ctx.node.args, *ctx.node.kwargs.values()):
+        ctx.metadata_only(raw)
     if isinstance(ctx.out, torch.Tensor):
         return ctx.analyzer.from_output(ctx.out, f"opaque value at {ctx.where}")
     return IV(ctx.out) if isinstance(ctx.out, (int, float, bool)) else OV(ctx.out)

@@ -9,7 +9,7 @@ from ..context import IV, SV, TV, RuleContext, RuleError
 from ..registry import method, register
 from .common import size_arg_edit
 
-__all__ = ["reshape_layouts", "view", "flatten", "permute", "transpose", "expand", "repeat"]
+__all__ = ["reshape_layouts", "view", "view_as", "flatten", "permute", "transpose", "expand", "repeat"]
 
 
 def reshape_layouts(ctx: RuleContext, x: TV, out_shape: tuple) -> list:
@@ -80,11 +80,21 @@ def view(ctx: RuleContext) -> TV:
 
 
 @register(torch.flatten, method("flatten"), nn.Flatten, torch.squeeze, method("squeeze"),
-          torch.unsqueeze, method("unsqueeze"), method("view_as"), method("reshape_as"),
-          torch.atleast_1d, torch.atleast_2d, torch.atleast_3d, torch.ravel, method("ravel"))
+          torch.unsqueeze, method("unsqueeze"), torch.atleast_1d, torch.atleast_2d, torch.atleast_3d, torch.ravel, method("ravel"))
 def flatten(ctx: RuleContext) -> TV:
     """Reshapes with no size literals to rewrite."""
     return ctx.result(reshape_layouts(ctx, ctx.tensor(0, "input"), ctx.out_shape()))
+
+
+@register(method("view_as"), method("reshape_as"))
+def view_as(ctx: RuleContext) -> TV:
+    """``x.view_as(other)``: the output takes ``other``'s sizes at run time, so its dims are
+    ``other``'s dims (pruned alike), and the reshape maps ``x``'s dims onto them."""
+    x, other = ctx.tensor(0, "input"), ctx.tensor(1, "other")
+    dims = reshape_layouts(ctx, x, ctx.out_shape())
+    for mine, theirs in zip(dims, other.dims):
+        ctx.unify(mine, theirs)
+    return ctx.result(dims)
 
 
 @register(torch.unflatten, method("unflatten"), nn.Unflatten)
