@@ -37,6 +37,7 @@ class VerifyReport:
     removal_error: float
     skipped: list = field(default_factory=list)  # (group name, why) left out of removal
     rtol: float = 1e-9
+    removal_fraction: float = 0.0  # share of the parameters the removal oracle's pruned model lost
 
     @property
     def passed(self) -> bool:
@@ -87,6 +88,10 @@ def _zero_removed_consumers(gm: nn.Module, keep: dict) -> None:
                 mask = torch.ones(t.shape[d], dtype=torch.bool)
                 mask[kept] = False
                 t.index_fill_(d, mask.nonzero().flatten(), 0.0)
+
+
+def _numel(m: nn.Module) -> int:
+    return sum(t.numel() for t in m.parameters())
 
 
 def _refuse_meta(model: nn.Module, example_inputs) -> None:
@@ -146,9 +151,11 @@ def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = No
         keep = {g.atom: _random_keep(g.size, removal, gen) for g in safe}
         zeroed = copy.deepcopy(dg.gm)
         _zero_removed_consumers(zeroed, keep)
-        rem_err = relative_error(runnable(zeroed)(*inputs, **kwargs), rewrite_graph(zeroed, keep)(*inputs, **kwargs))
+        removed = rewrite_graph(zeroed, keep)
+        rem_err = relative_error(runnable(zeroed)(*inputs, **kwargs), removed(*inputs, **kwargs))
     report = VerifyReport(len(dg.groups), sum(g.size for g in dg.groups), perm_err, len(safe), rem_err,
-                          [(g.name, g.mixing) for g in dg.groups if g.mixing is not None], rtol)
+                          [(g.name, g.mixing) for g in dg.groups if g.mixing is not None], rtol,
+                          1.0 - _numel(removed) / max(1, _numel(dg.gm)))
     if raise_on_mismatch and not report.passed:
         raise OracleMismatchError(f"pruned {type(model).__name__} does not compute what the original "
                                   f"computes; a rule misses a coupling:\n{report}")

@@ -123,7 +123,8 @@ def _build(config, model_cls: type) -> Optional[dict]:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")
             model = model_cls(copy.deepcopy(config))
-        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        shapes = {**{k: tuple(v.shape) for k, v in model.named_buffers()},  # non-persistent ones too
+                  **{k: tuple(v.shape) for k, v in model.state_dict().items()}}
     except Exception:  # this value is not a valid config for the class
         shapes = None
     finally:
@@ -200,9 +201,10 @@ class _Probe:
 
 
 class _Solver:
-    def __init__(self, config, cls: type, target: dict):
-        self.cls, self.target, self.base = cls, target, config
+    def __init__(self, config, cls: type, target: dict, frozen=()):
+        self.cls, self.target, self.base, self.frozen = cls, target, config, set(frozen)
         self.paths = _attributes(config)
+        self.implicit_values: dict = {}
 
     def shapes(self, config) -> Optional[dict]:
         return _build(config, self.cls)
@@ -259,10 +261,12 @@ class _Solver:
         return out
 
     def solve(self, rounds: int = 32) -> tuple:
-        """Greedy: the one attribute change that fixes the most dims, until none helps."""
+        """Greedy: the one attribute change that breaks the fewest right dims and fixes the most wrong ones,
+        until none helps. Breaking right dims last keeps ``head_dim`` from standing in for the head counts
+        where the rotary table (a buffer of ``head_dim / 2``) says it did not change."""
         cur, shapes = self.base, self.shapes(self.base)
         changes = self.implicit(shapes) if _mismatch(shapes, self.target) else {}
-        implicit = dict(changes)
+        implicit = self.implicit_values = dict(changes)
         cur = _with(self.base, changes)
         wrong = _mismatch(shapes, self.target)
         relevant = {p: pr for p in self.paths if (pr := self.probe(cur, shapes, p)) is not None}
@@ -271,7 +275,7 @@ class _Solver:
                 break
             best = None
             for path, first in relevant.items():
-                if not first.dims.keys() & wrong:
+                if path in self.frozen or not first.dims.keys() & wrong:
                     continue
                 pr = self.probe(cur, shapes, path) if changes else first
                 for v in self.candidates(pr, wrong) if pr else ():
@@ -280,11 +284,12 @@ class _Solver:
                     if built is None or built.keys() != shapes.keys():
                         continue
                     w = _mismatch(built, self.target)
-                    if len(w) < len(wrong) and (best is None or len(w) < len(best[2])):
-                        best = (trial, built, w)
+                    score = (len(w - wrong), len(w))  # dims broken, then dims still wrong
+                    if len(w) < len(wrong) and (best is None or score < best[0]):
+                        best = (score, trial, built, w)
             if best is None:
                 break
-            changes, shapes, wrong = best
+            _, changes, shapes, wrong = best
             cur = _with(self.base, changes)
         for name, v in implicit.items():  # only where the solution needs it
             rest = {p: x for p, x in changes.items() if p != name}
@@ -301,6 +306,8 @@ class _Solver:
             wrong = _mismatch(shapes, self.target)
             bad = []
             for path in changes:
+                if self.implicit_values.get(path) == changes[path]:
+                    continue  # pins a derived value: changes no shape by itself
                 pr = self.probe(cur, shapes, path)
                 dims = set(pr.dims) if pr else set()
                 if dims & wrong or any(k in protected for k, _ in dims):
@@ -309,6 +316,11 @@ class _Solver:
                 break
             for path in bad:
                 del changes[path]
+        for name, v in self.implicit_values.items():  # only where a kept change needs it
+            rest = {p: x for p, x in changes.items() if p != name}
+            if changes.get(name) == v and self.build(_with_or_none(self.base, rest)) == \
+                    self.build(_with_or_none(self.base, changes)):
+                changes = rest
         return changes
 
 
@@ -322,14 +334,18 @@ def _round_trip(config):
     return type(config).from_dict(json.loads(config.to_json_string(use_diff=False)))
 
 
-def pruned_config(config, shapes: Mapping[str, tuple], model_cls: Optional[type] = None) -> PrunedConfig:
+def pruned_config(config, shapes: Mapping[str, tuple], model_cls: Optional[type] = None, *,
+                  frozen=()) -> PrunedConfig:
     """Derive the config of a model whose tensors have ``shapes`` (Note [Config from shapes]).
 
     Args:
         config: the original ``PretrainedConfig`` (not modified).
         shapes: ``{state-dict name: shape}`` of the pruned model: every tensor, or only the changed ones.
             A name the original does not have (a bias added by a repair) makes the result not uniform.
+            Non-persistent buffers may be included (``named_buffers()``): a rotary table tells a pruned
+            head count from a pruned head dim, which the weights alone cannot.
         model_cls: the model class (default: from ``config.architectures``).
+        frozen: attribute paths that must keep their values (to look for another solution).
 
     Returns:
         A :class:`PrunedConfig`.
@@ -354,19 +370,32 @@ def pruned_config(config, shapes: Mapping[str, tuple], model_cls: Optional[type]
     base = config_shapes(config, cls)
     target = {k: tuple(int(n) for n in s) for k, s in shapes.items()}
     extra = sorted(k for k in target if k not in base)
-    solver = _Solver(config, cls, {k: s for k, s in target.items() if k in base})
+    solver = _Solver(config, cls, {k: s for k, s in target.items() if k in base}, frozen)
     changes, wrong = solver.solve()
     if not wrong and not extra:
-        out = _round_trip(_with(config, changes))
-        if not _mismatch(config_shapes(out, cls), solver.target):
+        out = _read_back(_with(config, changes), cls)
+        if out is not None and not _mismatch(config_shapes(out, cls), solver.target):
             return PrunedConfig(out, True, _diff(config, changes))
     changes = solver.partial(changes, _owners(extra))
+    while changes and _read_back(_with(config, changes), cls) is None:  # a validator refuses the combination
+        changes.popitem()
     out = _with(config, changes)
     built = config_shapes(_round_trip(out), cls)
     described = {k for k in solver.target if k in built and tuple(built[k]) == solver.target[k]}
     per_layer = {k: list(target[k]) for k in sorted(target) if k not in described}
     setattr(out, SECTION, {"version": FORMAT_VERSION, ORIGINAL: config.model_type, "per_layer": per_layer})
     return PrunedConfig(out, False, _diff(config, changes), per_layer)
+
+
+def _read_back(config, cls: type):
+    """``config`` as read back from JSON and built on meta, or None where its validators or the class refuse it
+    (LLaMA's config refuses a hidden size that is no multiple of the head count)."""
+    config.__dict__.pop(SECTION, None)  # from an earlier per-layer step
+    try:
+        out = _round_trip(config)
+    except Exception:
+        return None
+    return out if _build(out, cls) is not None else None
 
 
 def _diff(config, changes: dict) -> dict:

@@ -237,7 +237,18 @@ def _materialize_buffers(model: nn.Module, device) -> None:
         owners[path] = module
     with init.guard_torch_init_functions():
         for path, module in owners.items():
-            _pretrained_owner(model, path)._init_weights(module)
+            params, keep = dict(module._parameters), dict(module._buffers)
+            try:  # loaded tensors are on meta while init runs: it can only write the buffers it computes
+                for k, t in params.items():
+                    if t is not None:
+                        module._parameters[k] = nn.Parameter(torch.empty_like(t, device="meta"), t.requires_grad)
+                for k, t in keep.items():
+                    if t is not None and k not in module._non_persistent_buffers_set:
+                        module._buffers[k] = torch.empty_like(t, device="meta")
+                _pretrained_owner(model, path)._init_weights(module)
+            finally:
+                module._parameters.update(params)
+                module._buffers.update({k: t for k, t in keep.items() if k not in module._non_persistent_buffers_set})
 
 
 def rebuild(config, state: Mapping[str, torch.Tensor], model_cls: type, device=None) -> nn.Module:
@@ -256,8 +267,6 @@ def rebuild(config, state: Mapping[str, torch.Tensor], model_cls: type, device=N
         model = model_cls(config)
     resize_to(model, {k: tuple(v.shape) for k, v in state.items()})
     tensors = {k: v.detach() for k, v in state.items()}
-    for t in tensors.values():
-        t._is_hf_initialized = True
     missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     model.tie_weights()
     left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta
@@ -265,6 +274,13 @@ def rebuild(config, state: Mapping[str, torch.Tensor], model_cls: type, device=N
     if unexpected or left:
         raise CheckpointError(f"{model_cls.__name__} rebuilt from the config does not take the tensors: "
                               f"unexpected {unexpected[:4]}, not loaded {left[:4]}")
+    shared = [t for t in (*model.parameters(), *model.buffers()) if not t.is_meta]
+    for t in shared:  # loaded: init must not write into them (they are the caller's storage)
+        t._is_hf_initialized = True
+    versions = [t._version for t in shared]
     _materialize_buffers(model, device)
+    if any(t._version != v for t, v in zip(shared, versions)):
+        raise CheckpointError(f"{model_cls.__name__}'s weight init wrote into loaded tensors while computing "
+                              "non-persistent buffers (a bug: please report it)")
     resize_to(model, {})
     return model.eval()
