@@ -33,6 +33,7 @@ from fxprune.passes import runnable
 from ..api import analyze, apply, name_list
 from ..errors import MetaDeviceError
 from .counting import count_macs, count_params
+from .expressible import expressible
 from .importance import Random, Taylor, get_importance
 from .selection import group_ratios, select_global, select_local
 from .stats import collect_stats
@@ -69,6 +70,9 @@ class PruneConfig:
         tolerance: relative tolerance of the target search.
         iterative_steps: prune in this many steps; ``schedule``: name in ``SCHEDULES`` or callable.
         leaf_modules: passed to :func:`fxprune.analyze`.
+        uniform: with ``inplace=True``: every class of equivalent groups keeps one count across layers,
+            and only what a stock config describes is pruned, so that plain ``from_pretrained`` loads the
+            saved model (Note [Expressible pruning] in ``fxprune/policy/expressible.py``).
     """
 
     ratio: float = 0.5
@@ -86,6 +90,7 @@ class PruneConfig:
     iterative_steps: int = 1
     schedule: Union[str, Callable] = "linear"
     leaf_modules: tuple = ()
+    uniform: bool = False
 
     def __post_init__(self):
         for name, r in [("ratio", self.ratio)] + [(f"ratios[{k!r}]", v) for k, v in self.ratios.items()]:
@@ -133,12 +138,14 @@ def score_groups(dg, importance="l2", *, data: Optional[Iterable] = None, loss_f
     return {g: crit(dg, g, stats) for g in dg.groups}
 
 
-def plan(dg, scores: dict, cfg: PruneConfig, ratio: Optional[float] = None) -> dict:
-    """Keep-indices ``{group: indices}`` for one ratio (``cfg.ratio`` by default)."""
+def plan(dg, scores: dict, cfg: PruneConfig, ratio: Optional[float] = None, only=None) -> dict:
+    """Keep-indices ``{group: indices}`` for one ratio (``cfg.ratio`` by default); ``only``: an
+    :class:`~fxprune.policy.expressible.Expressible` restricting the groups and tying their counts."""
     ratio = cfg.ratio if ratio is None else ratio
+    allowed, ties, rounding = (None, (), None) if only is None else (only.allowed(), only.ties(), only.round_to())
     if cfg.scope == "global":
-        return select_global(scores, group_ratios(dg, cfg, cfg.max_ratio), ratio, cfg)
-    return select_local(scores, group_ratios(dg, cfg, ratio), cfg)
+        return select_global(scores, group_ratios(dg, cfg, cfg.max_ratio, allowed), ratio, cfg, ties, rounding)
+    return select_local(scores, group_ratios(dg, cfg, ratio, allowed), cfg, ties, rounding)
 
 
 def _counter(cfg: PruneConfig, inputs, kwargs: Optional[dict] = None) -> Optional[Callable]:
@@ -149,12 +156,12 @@ def _counter(cfg: PruneConfig, inputs, kwargs: Optional[dict] = None) -> Optiona
     return None
 
 
-def _search(dg, scores, cfg, counter, target: float, progress: bool = False) -> dict:
+def _search(dg, scores, cfg, counter, target: float, progress: bool = False, only=None) -> dict:
     """Bisection on the ratio until ``counter(pruned)`` is within ``tolerance`` of ``target``."""
     if counter(runnable(dg.gm)) <= target * (1 + cfg.tolerance):
         return {}
     lo, hi = 0.0, 1.0 - 1e-6
-    floor = counter(apply(dg, plan(dg, scores, cfg, hi), check=False))
+    floor = counter(apply(dg, plan(dg, scores, cfg, hi, only), check=False))
     if floor > target * (1 + cfg.tolerance):
         raise ValueError(f"target {target:.4g} is unreachable: pruning every prunable group as far as the "
                          f"limits allow (max_ratio, min_keep, round_to, ignore) leaves {floor}; "
@@ -163,7 +170,7 @@ def _search(dg, scores, cfg, counter, target: float, progress: bool = False) -> 
     with tqdm(total=40, desc="target search", unit="probe", leave=False, disable=not progress) as bar:
         for _ in range(40):
             mid = (lo + hi) / 2
-            best = plan(dg, scores, cfg, mid)
+            best = plan(dg, scores, cfg, mid, only)
             got = counter(apply(dg, best, check=False))
             bar.update(1)
             bar.set_postfix_str(f"ratio {mid:.3f}: {got:.4g} for {target:.4g}")
@@ -212,16 +219,20 @@ class PruneStep:
         keep: ``{group: kept indices}`` for the groups that lost coordinates.
         target: the absolute MACs/parameter count aimed at, or None for a ratio.
         certificate: the :class:`~fxprune.checks.Certificate` (None with ``check=False``).
+        expressible: with ``inplace=True``, the :class:`~fxprune.policy.expressible.Expressible`: the groups
+            the model's own forward can follow, and those left out and why.
     """
 
     model: fx.GraphModule
     keep: dict
     target: Optional[float] = None
     certificate: Optional[object] = None
+    expressible: Optional[object] = None
 
 
 def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[float] = None, data=None, loss_fn=None,
-               scores: Optional[dict] = None, check: bool = True, progress: bool = False, **options) -> PruneStep:
+               scores: Optional[dict] = None, check: bool = True, progress: bool = False, inplace: bool = False,
+               **options) -> PruneStep:
     """One pruning step on an analysed model: score, select (search the target), rewrite, certify.
 
     Args:
@@ -234,6 +245,8 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
         scores: ``{group: scores}`` computed already (skips scoring).
         check: certify with the permutation oracle (see :func:`fxprune.apply`).
         progress: show a tqdm bar over the target search probes (stderr).
+        inplace: resize ``dg.model`` itself, choosing only among the groups its own forward can follow
+            (Note [Expressible pruning] in ``fxprune/policy/expressible.py``); ``.model`` is ``dg.model``.
 
     Returns:
         A :class:`PruneStep`.
@@ -258,9 +271,15 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
     if counter is not None and target is None:
         source = dg.model if isinstance(dg.model, nn.Module) and not dg.lifted else runnable(dg.gm)
         target = _absolute(cfg.target_macs or cfg.target_params, counter(source))
-    keep = _search(dg, scores, cfg, counter, target, progress) if counter is not None else plan(dg, scores, cfg)
-    model = apply(dg, keep, check=check)
-    return PruneStep(model, keep, target, getattr(model, "fxprune_certificate", None))
+    if cfg.uniform and not inplace:
+        raise ValueError("uniform=True chooses widths a stock config describes, for in-place pruning: pass inplace=True")
+    only = expressible(dg, cfg.uniform) if inplace else None
+    keep = _search(dg, scores, cfg, counter, target, progress, only) if counter is not None else \
+        plan(dg, scores, cfg, only=only)
+    model = apply(dg, keep, check=check, inplace=inplace)
+    if only is not None:
+        model.__dict__["fxprune_expressible"] = only
+    return PruneStep(model, keep, target, getattr(model, "fxprune_certificate", None), only)
 
 
 def _refuse_meta(model: nn.Module, crit) -> None:
@@ -275,8 +294,9 @@ def _refuse_meta(model: nn.Module, crit) -> None:
 
 def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None, *,
           example_kwargs: Optional[dict] = None, data=None, loss_fn=None, callback: Optional[Callable] = None,
-          check: bool = True, progress: bool = False, **options) -> fx.GraphModule:
-    """Prune ``model`` structurally: score groups, pick channels, rewrite, certify. ``model`` is not modified.
+          check: bool = True, progress: bool = False, inplace: bool = False, **options) -> fx.GraphModule:
+    """Prune ``model`` structurally: score groups, pick channels, rewrite, certify. ``model`` is not modified,
+    unless ``inplace=True``.
 
     Args:
         model: an ``nn.Module`` or ``fx.GraphModule`` (see :func:`fxprune.analyze`), in any mode.
@@ -290,10 +310,15 @@ def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None
             in ``fxprune/checks/certificate.py``); the result's ``.fxprune_certificate`` says what was
             checked. ``False`` skips it.
         progress: tqdm bars over the steps and the target search probes (stderr).
+        inplace: resize ``model`` itself (its class kept, e.g. for HF ``save_pretrained``), choosing only
+            among the groups its own forward, and for an HF model its saved config, can follow; the groups
+            left out and why are in ``model.fxprune_expressible`` (Note [Expressible pruning] in
+            ``fxprune/policy/expressible.py``). ``uniform=True`` keeps one width per class across layers
+            and a stock config.
 
     Returns:
         The pruned ``fx.GraphModule``: it trains like ``model`` or refuses ``train()`` (Note
-        [Training mode] in ``fxprune/capture/modes.py``).
+        [Training mode] in ``fxprune/capture/modes.py``); with ``inplace=True``, ``model`` itself.
 
     Raises:
         OracleMismatchError: the certificate failed (a rule misses a coupling; please report it).
@@ -326,7 +351,8 @@ def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None
     for k in tqdm(range(1, n + 1), desc="pruning steps", unit="step", leave=False, disable=not progress or n == 1):
         step_cfg, target = _step_config(cfg, k, sched, original)
         dg = analyze(current, example_inputs, example_kwargs, leaf_modules=cfg.leaf_modules)
-        step = prune_step(dg, step_cfg, target=target, data=data, loss_fn=loss_fn, check=check, progress=progress)
+        step = prune_step(dg, step_cfg, target=target, data=data, loss_fn=loss_fn, check=check, progress=progress,
+                          inplace=inplace)
         current = step.model
         if callback is not None:
             current = callback(k, current) or current
