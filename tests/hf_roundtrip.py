@@ -45,7 +45,7 @@ def _plain_refuses(path: str) -> str:
     try:
         T.AutoConfig.from_pretrained(path)
     except ValueError as e:
-        return str(e).splitlines()[0][:120]
+        return str(e).splitlines()[0][:240]
     return ""
 
 

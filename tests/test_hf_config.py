@@ -166,3 +166,19 @@ def test_read_config_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(H.CheckpointError, match="without its fxprune section"):
         H.read_config(str(tmp_path))
+
+
+def test_rebuild_never_writes_into_the_tensors_it_shares():
+    """Gemma's embedding owns a non-persistent buffer (its scale), so its init runs on rebuild: it once
+    re-initialized the shared embedding weights of the model being pruned."""
+    torch.manual_seed(0)
+    m = T.GemmaForCausalLM(T.GemmaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=8)).eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    r = H.rebuild(m.config, m.state_dict(), type(m))
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    assert r.model.embed_tokens.weight.data_ptr() == m.model.embed_tokens.weight.data_ptr()  # shared, not copied
+    assert float(r.model.embed_tokens.embed_scale) == pytest.approx(32 ** 0.5)
+    x = torch.randint(0, 64, (2, 5))
+    with torch.no_grad():
+        assert torch.equal(r(x).logits, m(x).logits)
