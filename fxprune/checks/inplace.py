@@ -9,10 +9,14 @@ from a pruned size is synced from one table (Note [Attribute table] in
 attr_sync.py), and the eager forward is compared with the pruned graph on the
 example inputs; they must agree to a few ulps, as they run the same kernels.
 
+For a Hugging Face model the config follows too, and the model a checkpoint of
+it would load must compute the same (Note [Config in the transaction] in
+``fxprune/hf/inplace.py``): extra *steps* run after the attributes are synced.
+
 It is one transaction: whatever fails (a tensor that cannot be swapped, an
 attribute that cannot be derived, an eager forward that disagrees or crashes),
 the model comes back bit for bit as it was: the storage of every tensor, every
-module attribute, ``requires_grad``, ``training``. The check itself runs in eval
+module attribute (the config's too), ``requires_grad``, ``training``. The check itself runs in eval
 mode without gradients and leaves no trace either, so BatchNorm statistics are
 not updated and dropout cannot make it fail. On success only the resized
 tensors, the synced attributes and the stale ``.grad`` of resized parameters
@@ -20,6 +24,7 @@ change; an optimizer built before still holds state of the old sizes.
 """
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from operator import attrgetter
 from typing import Callable, Optional
@@ -35,7 +40,7 @@ from ..errors import FxPruneError
 from .attr_sync import GraphArgs, SyncPlan, apply_sync, plan_sync
 from .compare import plain_outputs, relative_error
 
-__all__ = ["apply_inplace", "InPlaceMismatchError"]
+__all__ = ["apply_inplace", "trial_inplace", "InPlaceMismatchError"]
 
 
 class InPlaceMismatchError(FxPruneError):
@@ -63,8 +68,17 @@ class _Transaction:
         self.modules = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
                         for m in model.modules()]
         self.tensors: list = []  # (tensor, its former data, requires_grad)
+        self.objects: list = []  # (object, its former __dict__): configs the steps change
         unique = {id(b): b for b in model.buffers()}.values()
         self.values = [(b, b.detach().clone()) for b in unique] if buffer_values else []
+
+    def before(self, m: nn.Module) -> dict:
+        """``m``'s attributes as they were when the transaction began."""
+        return next((attrs for mod, attrs, *_ in self.modules if mod is m), {})
+
+    def keep(self, obj) -> None:
+        """Snapshot ``obj``'s attributes (a step replaces them, never mutates their values)."""
+        self.objects.append((obj, dict(obj.__dict__)))
 
     def swap(self, t: torch.Tensor, new: torch.Tensor) -> None:
         self.tensors.append((t, t.data, t.requires_grad))
@@ -78,6 +92,9 @@ class _Transaction:
             for live, saved in ((m._parameters, params), (m._buffers, buffers), (m._modules, mods)):
                 live.clear()
                 live.update(saved)
+        for obj, attrs in reversed(self.objects):
+            obj.__dict__.clear()
+            obj.__dict__.update(attrs)
         for t, data, requires_grad in reversed(self.tensors):
             t.data = data
             if t.requires_grad != requires_grad and t.is_leaf:
@@ -139,8 +156,9 @@ def _tolerance(outputs) -> float:
     return max((8 * torch.finfo(d).eps for d in dtypes), default=1e-6)
 
 
-def _check(model: nn.Module, dg, pruned: fx.GraphModule, rtol: Optional[float]) -> Optional[str]:
-    """None if the eager model computes what the pruned graph computes on the example, else why not."""
+def _check(model: nn.Module, dg, pruned: fx.GraphModule, rtol: Optional[float], steps=()) -> Optional[str]:
+    """None if the eager model (and what each step checks) computes what the pruned graph computes on the
+    example, else why not."""
     args, kwargs = dg.example_args, dict(dg.example_kwargs)
     capture_kwargs = dg.gm.meta.get("fxprune_capture_kwargs", {})  # e.g. use_cache=False
     with _without_side_effects(model, pruned):
@@ -152,9 +170,19 @@ def _check(model: nn.Module, dg, pruned: fx.GraphModule, rtol: Optional[float]) 
             eager = model(*args, **{**capture_kwargs, **kwargs})
         except Exception as e:
             return f"the eager forward fails: {type(e).__name__}: {_first_line(e)}"
-    err = relative_error(plain_outputs(graph), plain_outputs(eager))
     rtol = _tolerance(graph) if rtol is None else rtol
-    return None if err <= rtol else f"outputs differ (max relative error {err:.2e} > {rtol:.0e})"
+
+    def compare(outputs) -> Optional[str]:
+        err = relative_error(plain_outputs(graph), plain_outputs(outputs))
+        return None if err <= rtol else f"outputs differ (max relative error {err:.2e} > {rtol:.0e})"
+
+    def run(module: nn.Module):
+        with _without_side_effects(module, pruned):
+            return module(*args, **{**capture_kwargs, **kwargs})
+    problem = compare(eager)
+    for step in steps:
+        problem = problem or step.check(run, compare)
+    return problem
 
 
 def _first_line(e: BaseException) -> str:
@@ -180,16 +208,23 @@ def _explain(model: nn.Module, problem: str, unsynced: list, constants: list, hi
     if constants:
         lines.append(f"Constants the forward creates itself were pruned in the graph: {', '.join(constants[:8])}.")
     lines.append(f"Integer attributes equal to a pruned size that no rule syncs: {hints or 'none found'}.")
-    if hasattr(model, "config"):
-        lines.append(f"{type(model).__name__}.config is not updated by this step: a forward that reads sizes from "
-                     "it (Phi-3's query width) still sees the old ones.")
     lines.append("Fix: prune only groups the forward infers (e.g. whole heads with view(..., -1, head_dim)), "
                  "update those attributes/config yourself, or use the returned GraphModule.")
     return "\n".join(lines)
 
 
+def default_steps(model: nn.Module) -> tuple:
+    """The steps in-place pruning of ``model`` runs after syncing attributes: the config of an HF model."""
+    if "transformers" not in sys.modules:
+        return ()
+    from ..hf.inplace import ConfigStep, is_hf_model
+
+    return (ConfigStep(model),) if is_hf_model(model) else ()
+
+
 def apply_inplace(model: nn.Module, dg, pruned: fx.GraphModule, pruned_sizes: set = frozenset(),
-                  rtol: Optional[float] = None, edit: Optional[Callable] = None) -> nn.Module:
+                  rtol: Optional[float] = None, edit: Optional[Callable] = None,
+                  steps: Optional[tuple] = None) -> nn.Module:
     """Resize ``model`` itself to match ``pruned``, as one transaction (Note [In place]).
 
     ``edit(model, swap)``, if given, changes the resized model further inside the transaction
@@ -198,20 +233,51 @@ def apply_inplace(model: nn.Module, dg, pruned: fx.GraphModule, pruned_sizes: se
 
     Raises :class:`InPlaceMismatchError` (``model`` restored bit for bit) when the eager
     forward of the resized model does not compute what ``pruned`` computes (within ``rtol``,
-    by default a few ulps of the output dtype).
+    by default a few ulps of the output dtype), or a step's check fails (``steps``: default
+    :func:`default_steps`).
     """
+    tx, steps, problem = _transaction(model, dg, pruned, rtol, steps, edit)
+    if problem:
+        tx.restore()
+        hints = _stale_hints(model, tx.plan, tx.old_sizes | set(pruned_sizes))
+        raise InPlaceMismatchError(_explain(model, problem, tx.unsynced, tx.constants, hints))
+    for p in tx.resized:
+        if p.grad is not None and p.grad.shape != p.shape:
+            p.grad = None  # a gradient of the old size
+    return model
+
+
+def trial_inplace(model: nn.Module, dg, pruned: fx.GraphModule, rtol: Optional[float] = None,
+                  steps: Optional[tuple] = None) -> Optional[str]:
+    """The whole in-place transaction, always undone: None if ``model`` could be pruned to ``pruned`` in place,
+    else why not. The model comes back bit for bit either way."""
+    try:
+        tx, _, problem = _transaction(model, dg, pruned, rtol, steps)
+    except InPlaceMismatchError as e:
+        return _first_line(e.__cause__) if e.__cause__ is not None else str(e)
+    tx.restore()
+    return problem
+
+
+def _transaction(model: nn.Module, dg, pruned: fx.GraphModule, rtol: Optional[float], steps,
+                 edit: Optional[Callable] = None) -> tuple:
+    """Resize, sync, edit (a repair), run the steps and check; returns (transaction, steps, problem or None). Restores and
+    raises InPlaceMismatchError on an exception."""
     if dg.lifted:
         raise FxPruneError("in-place pruning needs the model itself; this graph came from torch.compile "
                            "(parameters as inputs): use the returned GraphModule instead")
     tx = _Transaction(model)
+    steps = default_steps(model) if steps is None else steps
     try:
-        plan = plan_sync(model, GraphArgs(dg.gm))
-        resized, old_sizes, constants = _swap_tensors(model, dg, pruned, tx)
+        tx.plan = plan_sync(model, GraphArgs(dg.gm))
+        tx.resized, tx.old_sizes, tx.constants = _swap_tensors(model, dg, pruned, tx)
         _set_graph_attrs(model, dg, pruned)
-        unsynced = apply_sync(model, plan, GraphArgs(pruned), setattr)
+        tx.unsynced = apply_sync(model, tx.plan, GraphArgs(pruned), setattr)
         if edit is not None:
             edit(model, tx.swap)
-        problem = _check(model, dg, pruned, rtol)
+        for step in steps:
+            step.apply(tx)
+        problem = _check(model, dg, pruned, rtol, steps)
     except Exception as e:
         tx.restore()
         raise InPlaceMismatchError(f"in-place pruning of {type(model).__name__} failed and was undone: "
@@ -219,11 +285,4 @@ def apply_inplace(model: nn.Module, dg, pruned: fx.GraphModule, pruned_sizes: se
     except BaseException:
         tx.restore()
         raise
-    if problem:
-        tx.restore()
-        hints = _stale_hints(model, plan, old_sizes | set(pruned_sizes))
-        raise InPlaceMismatchError(_explain(model, problem, unsynced, constants, hints))
-    for p in resized:
-        if p.grad is not None and p.grad.shape != p.shape:
-            p.grad = None  # a gradient of the old size
-    return model
+    return tx, steps, problem

@@ -39,6 +39,7 @@ class VerifyReport:
     removal_error: float
     skipped: list = field(default_factory=list)  # (group name, why) left out of removal
     rtol: float = 1e-9
+    removal_fraction: float = 0.0  # share of the parameters the removal oracle's pruned model lost
     failures: list = field(default_factory=list)  # pruned models that failed to run, and why
 
     @property
@@ -106,6 +107,10 @@ def _zero_removed_consumers(gm: nn.Module, keep: dict) -> None:
                 t.index_fill_(d, mask.nonzero().flatten(), 0.0)
 
 
+def _numel(m: nn.Module) -> int:
+    return sum(t.numel() for t in m.parameters())
+
+
 def _refuse_meta(model: nn.Module, example_inputs) -> None:
     tensors = [*model.parameters(), *model.buffers(),
                *(x for x in tree_flatten(example_inputs)[0] if isinstance(x, torch.Tensor))]
@@ -117,16 +122,19 @@ def _refuse_meta(model: nn.Module, example_inputs) -> None:
             "CPU example inputs")
 
 
-def _pruned_error(ref, gm, keep: dict, inputs: tuple, kwargs: dict, oracle: str, failures: list) -> float:
-    """The relative error of the pruned ``gm`` against ``ref``; a pruned model that fails to run
-    (a shape mismatch from a missed coupling) is a mismatch, recorded in ``failures``."""
+def _pruned_error(ref, gm, keep: dict, inputs: tuple, kwargs: dict, oracle: str, failures: list) -> tuple:
+    """The relative error of the pruned ``gm`` against ``ref``, and the pruned model (None if the rewrite
+    failed); a pruned model that fails to run (a shape mismatch from a missed coupling) is a mismatch,
+    recorded in ``failures``."""
+    pruned = None
     try:
-        out = rewrite_graph(gm, keep)(*inputs, **kwargs)
+        pruned = rewrite_graph(gm, keep)
+        out = pruned(*inputs, **kwargs)
     except Exception as e:  # noqa: BLE001 - any failure of the pruned model is the oracle's finding
         failures.append(f"{oracle} oracle: the pruned model fails to run: {type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0][:300]}")
-        return math.inf
-    return relative_error(ref, out)
+        return math.inf, pruned
+    return relative_error(ref, out), pruned
 
 
 def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = None, *, seed: int = 0,
@@ -171,14 +179,16 @@ def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = No
         ref = runnable(dg.gm)(*inputs, **kwargs)
         perm = {g.atom: torch.randperm(g.size, generator=gen) for g in dg.groups}
         failures: list = []
-        perm_err = _pruned_error(ref, dg.gm, perm, inputs, kwargs, "permutation", failures)
+        perm_err, _ = _pruned_error(ref, dg.gm, perm, inputs, kwargs, "permutation", failures)
         safe = [g for g in dg.groups if g.mixing is None]
         keep = {g.atom: _random_keep(g.size, removal, gen) for g in safe}
         zeroed = copy.deepcopy(dg.gm)
         _zero_removed_consumers(zeroed, keep)
-        rem_err = _pruned_error(runnable(zeroed)(*inputs, **kwargs), zeroed, keep, inputs, kwargs, "removal", failures)
+        rem_err, removed = _pruned_error(runnable(zeroed)(*inputs, **kwargs), zeroed, keep, inputs, kwargs,
+                                         "removal", failures)
+    share = 0.0 if removed is None else 1.0 - _numel(removed) / max(1, _numel(dg.gm))
     report = VerifyReport(len(dg.groups), sum(g.size for g in dg.groups), perm_err, len(safe), rem_err,
-                          [(g.name, g.mixing) for g in dg.groups if g.mixing is not None], rtol, failures)
+                          [(g.name, g.mixing) for g in dg.groups if g.mixing is not None], rtol, share, failures)
     if raise_on_mismatch and not report.passed:
         raise OracleMismatchError(f"pruned {type(model).__name__} does not compute what the original "
                                   f"computes; a rule misses a coupling:\n{report}")

@@ -36,6 +36,7 @@ from ..calib.pipeline import calibration_for, needs_calibration, repair_plan
 from ..calib.allocation import coordinate_costs
 from ..errors import MetaDeviceError
 from .counting import count_macs, count_params
+from .expressible import expressible
 from .importance import Random, Taylor, get_importance
 from .selection import group_ratios, select_global, select_local
 from .stats import collect_stats
@@ -77,6 +78,9 @@ class PruneConfig:
             ``fxprune.repair_report(result)``.
         budget: what ``ratio`` counts under ``scope="global"``: ``"coordinates"`` or ``"params"``
             (each coordinate weighs the parameters it removes, FLAP's compression weights).
+        uniform: with ``inplace=True``: every class of equivalent groups keeps one count across layers,
+            and only what a stock config describes is pruned, so that plain ``from_pretrained`` loads the
+            saved model (Note [Expressible pruning] in ``fxprune/policy/expressible.py``).
     """
 
     ratio: float = 0.5
@@ -96,6 +100,7 @@ class PruneConfig:
     leaf_modules: tuple = ()
     repair: Optional[str] = None
     budget: str = "coordinates"
+    uniform: bool = False
 
     def __post_init__(self):
         for name, r in [("ratio", self.ratio)] + [(f"ratios[{k!r}]", v) for k, v in self.ratios.items()]:
@@ -149,14 +154,16 @@ def score_groups(dg, importance="l2", *, data: Optional[Iterable] = None, loss_f
     return {g: crit(dg, g, stats) for g in dg.groups}
 
 
-def plan(dg, scores: dict, cfg: PruneConfig, ratio: Optional[float] = None) -> dict:
-    """Keep-indices ``{group: indices}`` for one ratio (``cfg.ratio`` by default)."""
+def plan(dg, scores: dict, cfg: PruneConfig, ratio: Optional[float] = None, only=None) -> dict:
+    """Keep-indices ``{group: indices}`` for one ratio (``cfg.ratio`` by default); ``only``: an
+    :class:`~fxprune.policy.expressible.Expressible` restricting the groups and tying their counts."""
     ratio = cfg.ratio if ratio is None else ratio
+    allowed, ties, rounding = (None, (), None) if only is None else (only.allowed(), only.ties(), only.round_to())
     if cfg.scope == "global":
-        ratios = group_ratios(dg, cfg, cfg.max_ratio)
+        ratios = group_ratios(dg, cfg, cfg.max_ratio, allowed)
         costs = coordinate_costs(dg, ratios) if cfg.budget == "params" else None
-        return select_global(scores, ratios, ratio, cfg, costs)
-    return select_local(scores, group_ratios(dg, cfg, ratio), cfg)
+        return select_global(scores, ratios, ratio, cfg, costs, ties, rounding)
+    return select_local(scores, group_ratios(dg, cfg, ratio, allowed), cfg, ties, rounding)
 
 
 def _counter(cfg: PruneConfig, inputs, kwargs: Optional[dict] = None) -> Optional[Callable]:
@@ -167,12 +174,12 @@ def _counter(cfg: PruneConfig, inputs, kwargs: Optional[dict] = None) -> Optiona
     return None
 
 
-def _search(dg, scores, cfg, counter, target: float, progress: bool = False) -> dict:
+def _search(dg, scores, cfg, counter, target: float, progress: bool = False, only=None) -> dict:
     """Bisection on the ratio until ``counter(pruned)`` is within ``tolerance`` of ``target``."""
     if counter(runnable(dg.gm)) <= target * (1 + cfg.tolerance):
         return {}
     lo, hi = 0.0, 1.0 - 1e-6
-    floor = counter(apply(dg, plan(dg, scores, cfg, hi), check=False))
+    floor = counter(apply(dg, plan(dg, scores, cfg, hi, only), check=False))
     if floor > target * (1 + cfg.tolerance):
         raise ValueError(f"target {target:.4g} is unreachable: pruning every prunable group as far as the "
                          f"limits allow (max_ratio, min_keep, round_to, ignore) leaves {floor}; "
@@ -181,7 +188,7 @@ def _search(dg, scores, cfg, counter, target: float, progress: bool = False) -> 
     with tqdm(total=40, desc="target search", unit="probe", leave=False, disable=not progress) as bar:
         for _ in range(40):
             mid = (lo + hi) / 2
-            best = plan(dg, scores, cfg, mid)
+            best = plan(dg, scores, cfg, mid, only)
             got = counter(apply(dg, best, check=False))
             bar.update(1)
             bar.set_postfix_str(f"ratio {mid:.3f}: {got:.4g} for {target:.4g}")
@@ -230,12 +237,15 @@ class PruneStep:
         keep: ``{group: kept indices}`` for the groups that lost coordinates.
         target: the absolute MACs/parameter count aimed at, or None for a ratio.
         certificate: the :class:`~fxprune.checks.Certificate` (None with ``check=False``).
+        expressible: with ``inplace=True``, the :class:`~fxprune.policy.expressible.Expressible`: the groups
+            the model's own forward can follow, and those left out and why.
     """
 
     model: fx.GraphModule
     keep: dict
     target: Optional[float] = None
     certificate: Optional[object] = None
+    expressible: Optional[object] = None
 
 
 def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[float] = None, data=None, loss_fn=None,
@@ -254,6 +264,8 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
         inplace: resize (and repair) the analysed model itself (see :func:`fxprune.apply`).
         check: certify with the permutation oracle (see :func:`fxprune.apply`).
         progress: show a tqdm bar over the target search probes (stderr).
+        inplace: resize ``dg.model`` itself, choosing only among the groups its own forward can follow
+            (Note [Expressible pruning] in ``fxprune/policy/expressible.py``); ``.model`` is ``dg.model``.
 
     Returns:
         A :class:`PruneStep`.
@@ -280,10 +292,16 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
     if counter is not None and target is None:
         source = dg.model if isinstance(dg.model, nn.Module) and not dg.lifted else runnable(dg.gm)
         target = _absolute(cfg.target_macs or cfg.target_params, counter(source))
-    keep = _search(dg, scores, cfg, counter, target, progress) if counter is not None else plan(dg, scores, cfg)
+    if cfg.uniform and not inplace:
+        raise ValueError("uniform=True chooses widths a stock config describes, for in-place pruning: pass inplace=True")
+    only = expressible(dg, cfg.uniform) if inplace else None
+    keep = _search(dg, scores, cfg, counter, target, progress, only) if counter is not None else \
+        plan(dg, scores, cfg, only=only)
     fix = repair_plan(dg, keep, cal, cfg.repair, inplace)
     model = apply(dg, keep, check=check, inplace=inplace, repair=fix)
-    return PruneStep(model, keep, target, getattr(model, "fxprune_certificate", None))
+    if only is not None:
+        model.__dict__["fxprune_expressible"] = only
+    return PruneStep(model, keep, target, getattr(model, "fxprune_certificate", None), only)
 
 
 def _refuse_meta(model: nn.Module, crit) -> None:
@@ -299,7 +317,8 @@ def _refuse_meta(model: nn.Module, crit) -> None:
 def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None, *,
           example_kwargs: Optional[dict] = None, data=None, loss_fn=None, callback: Optional[Callable] = None,
           check: bool = True, progress: bool = False, inplace: bool = False, **options) -> fx.GraphModule:
-    """Prune ``model`` structurally: score groups, pick channels, rewrite, certify. ``model`` is not modified.
+    """Prune ``model`` structurally: score groups, pick channels, rewrite, certify. ``model`` is not modified,
+    unless ``inplace=True``.
 
     Args:
         model: an ``nn.Module`` or ``fx.GraphModule`` (see :func:`fxprune.analyze`), in any mode.
@@ -318,6 +337,11 @@ def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None
             in ``fxprune/checks/certificate.py``); the result's ``.fxprune_certificate`` says what was
             checked. ``False`` skips it.
         progress: tqdm bars over the steps and the target search probes (stderr).
+        inplace: resize ``model`` itself (its class kept, e.g. for HF ``save_pretrained``), choosing only
+            among the groups its own forward, and for an HF model its saved config, can follow; the groups
+            left out and why are in ``model.fxprune_expressible`` (Note [Expressible pruning] in
+            ``fxprune/policy/expressible.py``). ``uniform=True`` keeps one width per class across layers
+            and a stock config.
 
     Returns:
         The pruned ``fx.GraphModule`` (``model`` itself with ``inplace=True``): it trains like

@@ -104,8 +104,9 @@ def _factor_ok(roles: set, factors: str) -> bool:
     return factors in roles
 
 
-def group_ratios(dg: DependencyGraph, cfg, ratio: float) -> dict:
-    """``{group: ratio}`` for every prunable group: overrides, ignore and factor rules applied."""
+def group_ratios(dg: DependencyGraph, cfg, ratio: float, allowed=None) -> dict:
+    """``{group: ratio}`` for every prunable group: overrides, ignore and factor rules applied; only the
+    group indices in ``allowed`` when given (in-place pruning, Note [Expressible pruning])."""
     skip = ignored_groups(dg, cfg.ignore)
     overrides = sorted(cfg.ratios.items(), key=lambda kv: -len(kv[0]))
     for name, _ in overrides:
@@ -114,7 +115,8 @@ def group_ratios(dg: DependencyGraph, cfg, ratio: float) -> dict:
                              "use a module name from model.named_modules()")
     out = {}
     for g in dg.groups:
-        if g.index in skip or not _factor_ok(factor_roles(dg, g), cfg.factors):
+        if g.index in skip or not _factor_ok(factor_roles(dg, g), cfg.factors) or \
+                (allowed is not None and g.index not in allowed):
             continue
         r = next((v for k, v in overrides if any(_name_matches(k, t) for t in _producers(dg, g))), ratio)
         out[g] = min(r, cfg.max_ratio)
@@ -140,56 +142,86 @@ def _top(scores: torch.Tensor, n: int) -> torch.Tensor:
     return torch.sort(torch.topk(scores, n).indices).values
 
 
-def select_local(scores: dict, ratios: dict, cfg) -> dict:
-    """Each group keeps its own top ``n_keep`` coordinates."""
+def _tied(scores: dict, ratios: dict, ties) -> tuple:
+    """``(ratios, units)``: a tie's groups get its smallest ratio (none if one is ignored or unscored);
+    units are lists of groups that keep one count, untied groups alone."""
+    ratios, units, seen = dict(ratios), [], set()
+    for tie in ties:
+        tie = [g for g in tie if g not in seen]
+        if not tie:
+            continue
+        seen.update(tie)
+        if all(g in ratios and scores.get(g) is not None for g in tie) and len({g.size for g in tie}) == 1:
+            r = min(ratios[g] for g in tie)
+            ratios.update({g: r for g in tie})
+            units.append(tie)
+        else:
+            for g in tie:
+                ratios.pop(g, None)
+    units += [[g] for g in ratios if g not in seen]
+    return ratios, units
+
+
+def select_local(scores: dict, ratios: dict, cfg, ties=(), round_to=None) -> dict:
+    """Each group keeps its own top ``n_keep`` coordinates; ``ties`` (lists of groups of one size) keep
+    one count each; ``round_to``: ``{group: multiple}`` on top of ``cfg.round_to``."""
+    ratios, _ = _tied(scores, ratios, ties)
     keep = {}
     for g, r in ratios.items():
         s = scores.get(g)
-        n = n_keep(g.size, r, cfg)
+        n = n_keep(g.size, r, _rounding(cfg, round_to, g))
         if s is not None and n < g.size:
             keep[g] = _top(s, n)
     return keep
 
 
-def select_global(scores: dict, ratios: dict, ratio: float, cfg, costs: Optional[dict] = None) -> dict:
+def select_global(scores: dict, ratios: dict, ratio: float, cfg, costs: Optional[dict] = None, ties=(),
+                  round_to=None) -> dict:
     """Rank the coordinates of all groups together; remove the lowest ``ratio`` of them.
 
     Per-group limits (``max_ratio``, ``min_keep``, per-module ``ratios`` as caps) hold;
-    ``round_to`` then rounds each group's kept count up. With ``costs`` (``{group: weight
-    of one coordinate}``, e.g. the parameters it removes) ``ratio`` is a share of the total
-    weight instead of the coordinate count.
+    ``round_to`` then rounds each group's kept count up. The groups of a tie (``ties``: lists of
+    groups of one size) keep one count: their ``j``-th lowest scores are ranked as one entry, their
+    mean, that removes one coordinate from each. ``round_to``: ``{group: multiple}`` on top of ``cfg.round_to``.
+    With ``costs`` (``{group: weight of one coordinate}``, e.g. the parameters it removes) ``ratio`` is a
+    share of the total weight instead of the coordinate count.
     """
-    cands = [(g, s) for g, s in scores.items() if g in ratios and s is not None]
-    if not cands:
+    ratios, units = _tied(scores, ratios, ties)
+    units = [u for u in units if scores.get(u[0]) is not None]
+    if not units:
         return {}
-    weight = [1.0 if costs is None else float(costs[g]) for g, _ in cands]
-    total = sum(g.size * w for (g, _), w in zip(cands, weight))
+    weight = [float(len(u)) if costs is None else float(sum(costs[g] for g in u)) for u in units]
+    total = sum(u[0].size * w for u, w in zip(units, weight))
     budget = float(round(ratio * total)) if costs is None else ratio * total
-    flat = torch.cat([s.double() for _, s in cands])
-    owner = torch.cat([torch.full((g.size,), i) for i, (g, _) in enumerate(cands)])
-    cap = [g.size - n_keep(g.size, ratios[g], _no_round(cfg)) for g, _ in cands]
-    removed = [0] * len(cands)
-    for j in torch.argsort(flat).tolist():
+    flat = torch.cat([torch.stack([torch.sort(scores[g].double()).values for g in u]).mean(0) for u in units])
+    owner = torch.cat([torch.full((u[0].size,), i) for i, u in enumerate(units)])
+    cap = [u[0].size - n_keep(u[0].size, ratios[u[0]], _no_round(cfg)) for u in units]
+    removed = [0] * len(units)
+    for j in torch.argsort(flat, stable=True).tolist():
         i = int(owner[j])
         if budget < weight[i] / 2:  # nearest count: remove while at least half a coordinate is left
-            if costs is None:
-                break
             continue
         if removed[i] < cap[i]:
             removed[i] += 1
             budget -= weight[i]
     keep = {}
-    for (g, s), r in zip(cands, removed):
-        n = n_keep(g.size, r / g.size, cfg) if r else g.size
-        if n < g.size:
-            keep[g] = _top(s, n)
+    for u, r in zip(units, removed):
+        n = n_keep(u[0].size, r / u[0].size, _rounding(cfg, round_to, u[0])) if r else u[0].size
+        if n < u[0].size:
+            keep.update({g: _top(scores[g], n) for g in u})
     return keep
 
 
 class _NoRound:
-    def __init__(self, cfg):
-        self.min_keep, self.max_ratio, self.round_to = cfg.min_keep, cfg.max_ratio, 1
+    def __init__(self, cfg, round_to: int = 1):
+        self.min_keep, self.max_ratio, self.round_to = cfg.min_keep, cfg.max_ratio, round_to
 
 
 def _no_round(cfg):
     return _NoRound(cfg)
+
+
+def _rounding(cfg, round_to, g):
+    """``cfg``, or its limits with ``round_to`` the lcm of ``cfg.round_to`` and the group's own multiple."""
+    m = (round_to or {}).get(g, 1)
+    return cfg if m == 1 else _NoRound(cfg, math.lcm(cfg.round_to, m))

@@ -49,6 +49,9 @@ MODEL:
   timm:vit_tiny_patch16_224, or a timm name torchvision does not know (weights not downloaded)
   path/to/file.py:factory factory() returns a module or (module, example_inputs); a dict of
                           example inputs is passed as keywords
+  hf:PATH                 a Hugging Face checkpoint directory (or a config.json alone: built on the
+                          meta device, weight-free criteria only, nothing certified); --out DIR writes
+                          the model pruned in place as a checkpoint and prints its per-layer widths
 
 exit codes:
 {codes}
@@ -75,9 +78,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="reach X parameters (X <= 1: fraction of the original)")
     p.add_argument("--tolerance", type=float, default=0.01,
                    help="relative tolerance of --target-macs/--target-params (default 0.01)")
-    p.add_argument("--importance", default="l2",
+    p.add_argument("--importance", default=None,
                    help="criterion: l1, l2, bn, fpgm, random, ... (fxprune.importance_names()); "
-                        "gradient criteria (taylor, hessian) need --calib-batches")
+                        "gradient criteria (taylor, hessian) need --calib-batches (default l2; random "
+                        "for a model without weights)")
     p.add_argument("--calib-batches", type=int, default=0, metavar="N",
                    help="for gradient criteria: N random batches labelled by the original model's own argmax")
     p.add_argument("--calib", type=int, default=0, metavar="N",
@@ -100,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialization and inputs")
     p.add_argument("--save", metavar="PATH", help="write the pruned model here with fxprune.save (a .pt2 "
                                                   "ExportedProgram; load it with fxprune.load(PATH))")
+    p.add_argument("--out", metavar="DIR", help="hf: models: prune in place and write a Hugging Face checkpoint "
+                   "here (stock config where one describes the result, else per-layer widths that "
+                   "fxprune.hf.from_pretrained loads), then load it back and compare")
+    p.add_argument("--uniform", action="store_true", help="with --out: one width per class of layers, so that "
+                   "plain transformers loads the checkpoint")
     p.add_argument("--plot", metavar="FILE", help="write a PNG of per-layer widths before and after (matplotlib)")
     p.add_argument("--no-verify", action="store_true", help="skip the certificate and the float64 oracles")
     p.add_argument("--latency-runs", type=int, default=20, metavar="N",
@@ -159,11 +168,12 @@ def _config(args):
     if args.fold and args.iterative_steps > 1:
         raise _Fail(EXIT_USAGE, "--fold analyses the model once: use it with --iterative-steps 1")
     try:
-        return PruneConfig(ratio=0.5 if args.ratio is None else args.ratio, importance=args.importance,
+        return PruneConfig(ratio=0.5 if args.ratio is None else args.ratio, importance=args.importance or "l2",
                            scope=args.scope, ignore=tuple(args.ignore), round_to=args.round_to,
                            max_ratio=args.max_ratio, target_macs=args.target_macs, target_params=args.target_params,
                            tolerance=args.tolerance,
-                           iterative_steps=args.iterative_steps, leaf_modules=tuple(args.leaf), repair=args.repair)
+                           iterative_steps=args.iterative_steps, leaf_modules=tuple(args.leaf), repair=args.repair,
+                           uniform=args.uniform)
     except (ValueError, TypeError, KeyError) as e:
         raise _Fail(EXIT_USAGE, str(e).strip("'\""))
 
@@ -183,7 +193,9 @@ def _check_options(args, cfg) -> None:
         raise _Fail(EXIT_USAGE, "--latency-runs must be >= 0")
     if args.threads is not None and args.threads < 1:
         raise _Fail(EXIT_USAGE, "--threads must be >= 1")
-    for flag, path in (("--save", args.save), ("--plot", args.plot)):  # fail now, not after the whole run
+    if args.uniform and not args.out:
+        raise _Fail(EXIT_USAGE, "--uniform chooses widths plain transformers loads: use it with --out DIR")
+    for flag, path in (("--save", args.save), ("--plot", args.plot), ("--out", args.out)):  # fail now
         folder = os.path.dirname(os.path.abspath(path)) if path else None
         if folder and not os.path.isdir(folder):
             raise _Fail(EXIT_OUTPUT, f"{flag} {path}: the directory {folder} does not exist; create it first")
@@ -203,6 +215,7 @@ class _Loaded:
     args: tuple
     kwargs: dict
     label: str
+    meta: bool = False
 
 
 def _load(args, say) -> _Loaded:
@@ -210,7 +223,7 @@ def _load(args, say) -> _Loaded:
     shape = parse_shape(args.input_shape) if args.input_shape else None
     say(f"building {args.model or 'DemoNet'}")
     loaded = load_model(args.model, shape, args.seed)
-    return _Loaded(loaded.model, tuple(loaded.inputs), dict(loaded.kwargs or {}), loaded.label)
+    return _Loaded(loaded.model, tuple(loaded.inputs), dict(loaded.kwargs or {}), loaded.label, loaded.meta)
 
 
 def _describe(m: _Loaded) -> str:
@@ -267,16 +280,27 @@ class _Pruned:
     keep: Optional[dict]
     seconds: float
     certificate: object
+    inplace: bool = False  # --out: the loaded model itself was pruned; m.model is a copy of it as it was
 
 
 def _prune(args, m: _Loaded, dg, cfg, say) -> _Pruned:
     from .. import prune, prune_step
+    from ..hf.output import prunes_in_place
     from ..policy.counting import count_params
     from ..policy.importance import get_importance
     crit = get_importance(cfg.importance)
     data = _calibration(m, args.calib_batches, say) if crit.needs_data else _plain_calibration(args, crit, m)
     check = not args.no_verify
     t = time.perf_counter()
+    if args.out and prunes_in_place(m.model, m.meta, say):  # the report compares with a copy as it was
+        import copy
+        model, m.model = m.model, copy.deepcopy(m.model)
+        step = prune_step(dg, cfg, data=data, check=check, progress=say.bars, inplace=True) \
+            if cfg.iterative_steps == 1 else None
+        model = step.model if step else prune(model, m.args, cfg, example_kwargs=m.kwargs, data=data, check=check,
+                                               progress=say.bars, inplace=True)
+        return _Pruned(model, step.keep if step else None, time.perf_counter() - t,
+                       getattr(model, "fxprune_certificate", None), inplace=True)
     if cfg.iterative_steps == 1:
         what = (f"searching the ratio that reaches {'MACs' if cfg.target_macs else 'params'} "
                 f"{cfg.target_macs or cfg.target_params:g}" if cfg.target_macs or cfg.target_params else "selecting")
@@ -339,6 +363,9 @@ def _same_shapes(m: _Loaded, res: _Pruned) -> bool:
 
 def _write_outputs(args, m: _Loaded, res: _Pruned, say) -> None:
     from ..io import save
+    if args.out:
+        from ..hf.output import write_outputs
+        write_outputs(args, m.model, res.model, res.inplace, m.kwargs, say)
     if args.save:
         say(f"saving to {args.save}")
         say(f"saved as {save(res.model, args.save, m.args, m.kwargs)}")
@@ -354,6 +381,13 @@ def _run(args, say) -> tuple:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     m = _load(args, say)
+    if m.meta:  # no values: nothing to certify, verify or time
+        import dataclasses
+        say("no weights (meta device): nothing certified, verified or timed"
+            + ("; importance 'random', the only weight-free criterion" if args.importance is None else ""))
+        args.no_verify, args.latency_runs = True, 0
+        cfg = dataclasses.replace(cfg, importance=args.importance or "random")
+    args.importance = args.importance or cfg.importance  # what the report names
     dg, t_analyze = _analyse(args, m, cfg, say)
     res = _prune(args, m, dg, cfg, say)
     return _report(args, m, dg, res, t_analyze, cfg, say)

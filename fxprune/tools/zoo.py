@@ -6,7 +6,9 @@ Specs:
 * ``resnet18``, ``torchvision:resnet18``: a torchvision builder, ``weights=None``;
 * ``timm:vit_tiny_patch16_224``, or a plain name torchvision does not know: ``timm.create_model``;
 * ``path/to/file.py:factory``: ``factory()`` returns a module or ``(module, example_inputs)``; a dict of
-  example inputs is passed as keywords.
+  example inputs is passed as keywords;
+* ``hf:PATH``: a Hugging Face checkpoint directory, or a config.json alone (built on the meta device),
+  with example keyword inputs made from its config (``fxprune/hf/spec.py``).
 
 Every failure raises :class:`SpecError` with a message naming the problem (the CLI
 turns it into exit code 2); nothing here downloads weights.
@@ -42,6 +44,7 @@ class Loaded:
     label: str
     source: str
     kwargs: Optional[dict] = None
+    meta: bool = False  # built on the meta device: no weights
 
 
 def parse_shape(text: str) -> tuple:
@@ -174,6 +177,19 @@ def _timm(name: str, shape: Optional[tuple]) -> tuple:
     return model, (torch.randn(*(shape or (1,) + size)),), f"{name} (timm)"
 
 
+def _hf(path: str, shape: Optional[tuple]) -> Loaded:
+    if not os.path.exists(path):
+        raise SpecError(f"hf:{path}: no such checkpoint directory or config.json")
+    _import("transformers", f"the Hugging Face checkpoint {path!r}")
+    from ..hf.spec import load_spec
+
+    try:
+        spec = load_spec(path, shape)
+    except (ValueError, OSError) as e:
+        raise SpecError(f"hf:{path}: {str(e).splitlines()[0]}") from None
+    return Loaded(spec.model, (), spec.label, "hf", spec.kwargs, spec.meta)
+
+
 def _has_torchvision_name(name: str) -> bool:
     if importlib.util.find_spec("torchvision") is None:
         return False
@@ -198,6 +214,8 @@ def load_model(spec: Optional[str], shape: Optional[tuple] = None, seed: int = 0
             raise SpecError(f"{label} returned no example inputs: pass --input-shape (e.g. 1,3,224,224) "
                             "or return (model, example_inputs) from the factory")
         return Loaded(model.eval(), inputs, label, "file", kwargs)
+    if spec.startswith("hf:"):
+        return _hf(spec[3:], shape)
     if spec.startswith("timm:"):
         model, inputs, label = _timm(spec[5:], shape)
         source = "timm"

@@ -1,0 +1,11 @@
+"""Hugging Face checkpoints in and out: pruned configs, per-layer widths, loading and saving.
+
+transformers, safetensors and accelerate (the ``hf`` extra) are imported inside the functions,
+so ``import fxprune`` never needs them.
+"""
+from .config import PrunedConfig, model_class, pruned_config
+from .load import CheckpointError, from_pretrained, read_config, rebuild, resize_to
+from .save import save_pretrained
+
+__all__ = ["PrunedConfig", "pruned_config", "model_class", "from_pretrained", "save_pretrained", "read_config",
+           "rebuild", "resize_to", "CheckpointError"]
