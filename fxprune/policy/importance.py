@@ -60,9 +60,17 @@ def keep_top(dg: DependencyGraph, ratio: float, p: float = 2.0) -> dict:
 def _to_coords(elem: torch.Tensor, m: MemberLayout, group: Group):
     """(coords, per-flat-index sums) of ``elem`` along the member's dim, for ``index_add_``."""
     coords = m.layout.coordinate_map(group.atom)
-    flat = elem.transpose(0, m.dim).reshape(elem.shape[m.dim], -1).sum(1)
+    flat = _flat_sums(elem, m.dim)
     mask = coords >= 0
     return coords[mask], flat[mask]
+
+
+SLICE_ELEMENTS = 1 << 22  # Elementwise.member_scores works on float64 slices of at most about this many elements
+
+
+def _flat_sums(elem: torch.Tensor, dim: int) -> torch.Tensor:
+    """The sum of ``elem`` over every dim but ``dim``: one value per flat index of ``dim``."""
+    return elem.transpose(0, dim).reshape(elem.shape[dim], -1).sum(1)
 
 
 # -- normalization and aggregation ---------------------------------------------------
@@ -158,9 +166,28 @@ class Elementwise(Criterion):
             grad, fisher = (st.get(k) for k in ("grad", "fisher"))
             if (self.needs_data and grad is None) or (self.needs_fisher and fisher is None):
                 continue
-            elem = self.element(w.detach().double(), _d(grad), _d(fisher))
-            s = torch.zeros(group.size, dtype=torch.float64)
-            per_member.append(s.index_add_(0, *_to_coords(elem, m, group)))
+            per_member.append(self.member_scores(w, m, group, grad, fisher))
+        return self.combine(per_member)
+
+    @torch.no_grad()
+    def member_scores(self, w: torch.Tensor, m: MemberLayout, group: Group, grad=None, fisher=None) -> torch.Tensor:
+        """One member's contribution: the statistic summed per coordinate of ``group`` (float64).
+
+        Computed in slices of ``m.dim`` (:data:`SLICE_ELEMENTS` elements each), so a large
+        tensor never has a whole float64 copy; the checkpoint streamer calls it tensor by tensor.
+        """
+        flat = torch.empty(w.shape[m.dim], dtype=torch.float64)
+        step = max(1, SLICE_ELEMENTS // max(1, w.numel() // max(1, w.shape[m.dim])))
+        for a in range(0, w.shape[m.dim], step):
+            n = min(step, w.shape[m.dim] - a)
+            part = [None if t is None else t.detach().narrow(m.dim, a, n).double() for t in (w, grad, fisher)]
+            flat[a:a + n] = _flat_sums(self.element(*part), m.dim)
+        coords = m.layout.coordinate_map(group.atom)
+        mask = coords >= 0
+        return torch.zeros(group.size, dtype=torch.float64).index_add_(0, coords[mask], flat[mask])
+
+    def combine(self, per_member: list) -> Optional[torch.Tensor]:
+        """The group's scores from its members' (:meth:`member_scores`, in ``group.layouts`` order)."""
         if not per_member:
             return None
         return normalize(_REDUCTIONS[self.reduction](torch.stack(per_member)), self.normalizer)
