@@ -21,6 +21,7 @@ says which groups it left out and why.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ import torch
 from ..graph import DependencyGraph, Group
 from .checkpoint import Checkpoint
 
-__all__ = ["CheckpointPlan", "plan_checkpoint", "meta_model", "candidates", "head_dim_groups"]
+__all__ = ["CheckpointPlan", "plan_checkpoint", "meta_model", "candidates", "head_dim_groups", "block_paths"]
 
 
 @dataclass
@@ -87,13 +88,22 @@ def _model_class(config):
         return T.AutoModel._model_mapping[type(config)]
 
 
-def meta_model(config, model_cls=None) -> torch.nn.Module:
-    """``model_cls`` (default: from ``config.architectures``) built under ``init_empty_weights``, eval mode."""
+def meta_model(config, model_cls=None, dtype: Optional[torch.dtype] = None) -> torch.nn.Module:
+    """``model_cls`` (default: from ``config.architectures``) built under ``init_empty_weights``, eval mode.
+
+    ``dtype``: of the parameters (default: the config's). ``config`` is not modified.
+    """
     from accelerate import init_empty_weights
 
     cls = model_cls or _model_class(config)
+    config = copy.deepcopy(config)  # _from_config writes its dtype into the config
     with init_empty_weights(include_buffers=False):
-        model = cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
+        if hasattr(cls, "_from_config"):
+            model = cls._from_config(config, **({"dtype": dtype} if dtype is not None else {}))
+        else:
+            model = cls(config)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()  # as from_pretrained does: tied names are one tensor (not done on meta at build)
     return model.eval()
 
 
@@ -117,7 +127,6 @@ def plan_checkpoint(path, example_kwargs: Optional[dict] = None, *, model_cls=No
         (130, ('model.layers.0', 'model.layers.1'))
     """
     from ..api import analyze
-    from ..capture.folding import find_blocks
 
     ck = Checkpoint(path)
     if config is None:
@@ -132,8 +141,22 @@ def plan_checkpoint(path, example_kwargs: Optional[dict] = None, *, model_cls=No
     kwargs = dict(example_kwargs) if example_kwargs is not None else default_example(model, config)
     dg = analyze(model, (), kwargs, fold=fold)
     target_of, aliases = _match_names(model, dg, ck)
-    blocks = tuple(f"{c}.{n}" if c else n for c, names in find_blocks(model).items() for n in names)
+    blocks = block_paths(model)
     return CheckpointPlan(ck, config, model, dg, target_of, aliases, blocks, kwargs)
+
+
+def block_paths(model: torch.nn.Module) -> tuple:
+    """The children of the layer list, in order: the ``ModuleList``/``Sequential`` holding the most
+    parameters among those of two or more children that all have parameters (the decoder layers)."""
+    best, size = (), 0
+    for path, m in model.named_modules():
+        if not isinstance(m, (torch.nn.ModuleList, torch.nn.Sequential)) or len(m) < 2:
+            continue
+        counts = [sum(p.numel() for p in c.parameters()) for c in m.children()]
+        if min(counts) > 0 and sum(counts) > size:
+            best = tuple(f"{path}.{n}" if path else n for n, _ in m.named_children())
+            size = sum(counts)
+    return best
 
 
 def _match_names(model: torch.nn.Module, dg: DependencyGraph, ck: Checkpoint) -> tuple:
