@@ -40,8 +40,10 @@ from tqdm.auto import tqdm
 
 from ..policy.importance import Elementwise, Random, get_importance
 from ..policy.pruner import PruneConfig
-from ..policy.selection import group_ratios, select_global, select_local
+from ..policy.selection import group_ratios
 from .checkpoint import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, Checkpoint, ShardWriter
+from .calibrated import needs_calibration, run_calibrated
+from .engine import Engine, TensorScores, rewrite_tensor
 from .plan import CheckpointPlan, candidates, plan_checkpoint
 
 __all__ = ["prune_checkpoint", "StreamResult", "rewrite_tensor", "fits_in_memory", "stream_keep"]
@@ -64,6 +66,8 @@ class StreamResult:
         reads: tensors read, counting second reads; ``tensors``: tensors in the checkpoint.
         seconds: wall time.
         files: the output shard names.
+        repair: the ``fxprune.calib.RepairReport`` of ``repair=``, else None.
+        calibration_bytes: tensor bytes the block-by-block calibration read (besides ``bytes_read``).
     """
 
     out: str
@@ -78,6 +82,8 @@ class StreamResult:
     tensors: int = 0
     seconds: float = 0.0
     files: list = field(default_factory=list)
+    repair: object = None
+    calibration_bytes: int = 0
 
     def summary(self) -> str:
         ck = self.plan.checkpoint
@@ -102,151 +108,12 @@ def fits_in_memory(path, factor: float = 2.5) -> bool:
     return need <= avail
 
 
-@torch.no_grad()
-def rewrite_tensor(t: torch.Tensor, dims: tuple, atom_keep: dict) -> torch.Tensor:
-    """``t`` with every dim whose layout ``atom_keep`` touches ``index_select``-ed, as the rewrite pass does."""
-    out = t
-    for d, layout in enumerate(dims):
-        if layout.touches(atom_keep):
-            out = out.index_select(d, layout.flat_indices(atom_keep))
-    return out.contiguous()
-
-
 def _streamable(crit) -> None:
     if isinstance(crit, Random) or (isinstance(crit, Elementwise) and not crit.needs_data):
         return
     raise ValueError(f"importance {type(crit).__name__} cannot be computed tensor by tensor; streamed pruning "
-                     "scores with magnitude criteria (l1, l2, lamp, bn_scale) or random")
-
-
-class _Scores:
-    """Member scores of the candidate groups, filled tensor by tensor."""
-
-    def __init__(self, plan: CheckpointPlan, crit, groups: list):
-        self.crit, self.dg = crit, plan.dg
-        params = {n for n, _ in plan.dg.gm.named_parameters()}
-        self.wanted: dict = {}  # checkpoint name -> [(group, member index, MemberLayout)]
-        self.per: dict = {g: {} for g in groups}
-        self.waiting: dict = {g: set() for g in groups}
-        if isinstance(crit, Random):
-            return
-        for g in groups:
-            for i, m in enumerate(g.layouts):
-                stored = plan.aliases.get(m.param)
-                info = plan.checkpoint.tensors.get(stored) if stored else None
-                if m.param not in params or stored is None or not crit.counts(plan.dg, m.param) or \
-                        not info.dtype.is_floating_point:
-                    continue
-                self.wanted.setdefault(stored, []).append((g, i, m))
-                self.waiting[g].add(stored)
-
-    def add(self, name: str, t: torch.Tensor) -> list:
-        """Score ``t``'s members; returns the groups this completes."""
-        done = []
-        for g, i, m in self.wanted.get(name, ()):
-            self.per[g][i] = self.crit.member_scores(t, m, g)
-            self.waiting[g].discard(name)
-            if not self.waiting[g]:
-                done.append(g)
-        return done
-
-    def ready(self) -> list:
-        """Groups complete before any tensor is read (no member to score)."""
-        return [g for g, w in self.waiting.items() if not w]
-
-    def score(self, g) -> Optional[torch.Tensor]:
-        if isinstance(self.crit, Random):
-            return self.crit.score(self.dg, g, None)
-        return self.crit.combine([self.per[g][i] for i in sorted(self.per[g])])
-
-
-class _Engine:
-    """One pass over the tensors: score, decide, rewrite, write (Note [Streamed pruning])."""
-
-    def __init__(self, plan, cfg, crit, ratios: dict, writer, hold_bytes, bar, keep=None):
-        self.plan, self.cfg, self.writer, self.hold_bytes, self.bar = plan, cfg, writer, hold_bytes, bar
-        self.ratios = ratios
-        self.scores = _Scores(plan, crit, list(self.ratios)) if keep is None else None
-        self.decided: dict = dict(keep) if keep is not None else {}  # group -> kept indices or None (all kept)
-        self.raw: dict = {}
-        self.atom_keep: dict = {g.atom: torch.as_tensor(k, dtype=torch.long) for g, k in self.decided.items()}
-        self.held: dict = {}  # name -> tensor
-        self.held_size, self.deferred = 0, []
-        self.reads = self.bytes_read = 0
-        self.waits = {n: self._groups_of(n) for n in plan.checkpoint.tensors}
-        if self.scores is not None:
-            for g in self.scores.ready():
-                self._complete(g)
-
-    def _groups_of(self, name: str) -> set:
-        """Candidate groups whose decision the rewrite of ``name`` waits for."""
-        target = self.plan.target_of.get(name)
-        if target is None:
-            return set()
-        atoms = {a.id for layout in self.plan.dg.param_use(target).dims for a in layout.atoms()}
-        return {g for g in self.ratios if g.atom in atoms}
-
-    def _complete(self, g) -> None:
-        s = self.raw[g] = self.scores.score(g)
-        if self.cfg.scope == "local":
-            self._decide(select_local({g: s}, {g: self.ratios[g]}, self.cfg).get(g), g)
-
-    def _decide(self, kept, g) -> None:
-        self.decided[g] = kept
-        if kept is not None:
-            self.atom_keep[g.atom] = torch.as_tensor(kept, dtype=torch.long)
-
-    def _ready(self, name: str) -> bool:
-        return all(g in self.decided for g in self.waits[name])
-
-    def read(self, name: str) -> torch.Tensor:
-        t = self.plan.checkpoint.read(name)
-        self.reads += 1
-        self.bytes_read += t.numel() * t.element_size()
-        return t
-
-    def step(self, name: str) -> None:
-        t = self.read(name)
-        for g in self.scores.add(name, t) if self.scores is not None else ():
-            self._complete(g)
-        if self._ready(name):
-            self._emit(name, t)
-        elif self.held_size + t.numel() * t.element_size() <= self.hold_bytes:
-            self.held[name] = t
-            self.held_size += t.numel() * t.element_size()
-        else:
-            self.deferred.append(name)
-        self._flush_held()
-
-    def _flush_held(self) -> None:
-        for name in [n for n in self.held if self._ready(n)]:
-            t = self.held.pop(name)
-            self.held_size -= t.numel() * t.element_size()
-            self._emit(name, t)
-
-    def _emit(self, name: str, t: torch.Tensor) -> None:
-        target = self.plan.target_of.get(name)
-        out = t if target is None else rewrite_tensor(t, self.plan.dg.param_use(target).dims, self.atom_keep)
-        self.writer.add(name, out)
-        self.bar.update(1)
-
-    def finish(self) -> None:
-        """Decide what is left (global ranking), write the held tensors, read the dropped ones again."""
-        undecided = [g for g in self.ratios if g not in self.decided]
-        if undecided and self.cfg.scope == "global":
-            chosen = select_global({g: self.raw.get(g) for g in undecided}, self.ratios, self.cfg.ratio, self.cfg)
-            for g in undecided:
-                self._decide(chosen.get(g), g)
-        for g in undecided:
-            if g not in self.decided:
-                self._decide(None, g)
-        self._flush_held()
-        for name in self.deferred:
-            self._emit(name, self.read(name))
-
-    @property
-    def keep(self) -> dict:
-        return {g: k for g, k in self.decided.items() if k is not None}
+                     "scores with magnitude criteria (l1, l2, lamp, bn_scale) or random, or with calibrated "
+                     "criteria (wanda, fluctuation, obs) given data=")
 
 
 def stream_keep(plan: CheckpointPlan, keep: dict) -> dict:
@@ -293,8 +160,10 @@ def _write_config(plan: CheckpointPlan, shapes: dict, out: str):
 
 
 def prune_checkpoint(path, out, config: Optional[PruneConfig] = None, *, keep: Optional[dict] = None,
+                     data=None, repair: Optional[str] = None, damping: Optional[float] = None,
                      example_kwargs: Optional[dict] = None, max_shard_size="1GB", hold_bytes: int = 2**30,
-                     progress: bool = False, plan: Optional[CheckpointPlan] = None, **options) -> StreamResult:
+                     dtype=None, progress: bool = False, plan: Optional[CheckpointPlan] = None,
+                     **options) -> StreamResult:
     """Prune the safetensors checkpoint at ``path`` into ``out`` without loading the model.
 
     Args:
@@ -305,6 +174,12 @@ def prune_checkpoint(path, out, config: Optional[PruneConfig] = None, *, keep: O
             Targets (``target_macs``/``target_params``) are not supported here.
         keep: ``{group: indices}`` to apply instead of scoring (groups of ``plan.dg``, or of another
             analysis of the same architecture, matched by members).
+        data: calibration batches (token-id tensors or dicts of keyword inputs) for the calibrated
+            criteria (``wanda``, ``fluctuation``, ``obs``) and repairs: run block by block (Note
+            [Streamed calibration] in ``calibrated.py``; needs :mod:`fxprune.calib`).
+        repair: ``"bias"`` or ``"lstsq"`` (see :func:`fxprune.calib.repair`), or None.
+        damping: of the ``lstsq`` repair (default ``fxprune.calib.DAMPING``).
+        dtype: the calibration's compute dtype (default float32).
         example_kwargs: the capture's example inputs (default: 2 x 8 token ids).
         max_shard_size: the cap of an output shard (``"1GB"``); memory holds one shard.
         hold_bytes: tensors waiting for a decision stay in memory up to this; beyond, they are read again.
@@ -325,7 +200,11 @@ def prune_checkpoint(path, out, config: Optional[PruneConfig] = None, *, keep: O
         raise ValueError("streamed pruning takes a ratio (scope local or global), not a MACs/params target or "
                          "iterative steps: they need the pruned model in memory")
     crit = get_importance(cfg.importance)
-    if keep is None:
+    calibrated = needs_calibration(crit, repair)
+    if calibrated and data is None:
+        raise ValueError(f"importance {cfg.importance!r} with repair={repair!r} reads activations: pass data=[batch, "
+                         "...] (token-id tensors or dicts of keyword inputs)")
+    if keep is None and not getattr(crit, "needs_calibration", False):
         _streamable(crit)
     plan = plan or plan_checkpoint(path, example_kwargs)
     out = _check_out(plan.checkpoint.path, out)
@@ -339,13 +218,20 @@ def prune_checkpoint(path, out, config: Optional[PruneConfig] = None, *, keep: O
         ratios = {g: 0.0 for g in keep}
     with ShardWriter(out, max_shard_size) as writer, \
             tqdm(total=len(ck.tensors), desc="streaming tensors", unit="tensor", disable=not progress) as bar:
-        eng = _Engine(plan, cfg, crit, ratios, writer, hold_bytes, bar, keep)
-        for name in ck.tensors:
-            eng.step(name)
-        eng.finish()
+        scores = TensorScores(plan, crit, list(ratios)) if keep is None and not calibrated else None
+        eng = Engine(plan, cfg, ratios, writer, hold_bytes, keep=keep, scores=scores, bar=bar)
+        report = runner = None
+        if calibrated:
+            report, runner = run_calibrated(plan, crit, eng, data, repair=repair, damping=damping,
+                                            dtype=dtype or torch.float32, progress=progress)
+        else:
+            for name in ck.tensors:
+                eng.step(name)
+            eng.finish()
     written = Checkpoint(out)
     res = StreamResult(out, eng.keep, plan, left_out, eng.raw, None, eng.bytes_read, writer.bytes_written,
-                       eng.reads, len(ck.tensors))
+                       eng.reads, len(ck.tensors), repair=report,
+                       calibration_bytes=runner.bytes_read if runner is not None else 0)
     res.config = _write_config(plan, {n: i.shape for n, i in written.tensors.items()}, out)
     _copy_side_files(ck.path, out)
     res.files = sorted({os.path.basename(i.file) for i in written.tensors.values()})
