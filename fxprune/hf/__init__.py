@@ -1,8 +1,15 @@
-"""Hugging Face checkpoints: pruned checkpoints in and out (issues 11 and 13).
+"""Hugging Face checkpoints in and out: pruned configs, per-layer widths, loading and saving.
 
-transformers, safetensors and accelerate (the ``hf`` extra) are imported inside
-the functions that need them, so ``import fxprune`` never needs them.
+transformers, safetensors and accelerate (the ``hf`` extra) are imported inside the functions,
+so ``import fxprune`` never needs them.
 
-* :mod:`fxprune.hf.checkpoint`: safetensors shards read tensor by tensor, written shard by shard.
-* :mod:`fxprune.hf.stream`: prune a checkpoint larger than memory (:func:`fxprune.hf.stream.prune_checkpoint`).
+Checkpoints larger than memory: :func:`fxprune.hf.stream.prune_checkpoint` plans on the meta
+device and scores, calibrates and rewrites tensor by tensor and block by block
+(:mod:`fxprune.hf.checkpoint` reads and writes the safetensors shards).
 """
+from .config import PrunedConfig, model_class, pruned_config
+from .load import CheckpointError, from_pretrained, read_config, rebuild, resize_to
+from .save import save_pretrained
+
+__all__ = ["PrunedConfig", "pruned_config", "model_class", "from_pretrained", "save_pretrained", "read_config",
+           "rebuild", "resize_to", "CheckpointError"]

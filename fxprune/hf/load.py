@@ -1,0 +1,270 @@
+"""Load a pruned Hugging Face checkpoint: stock config, then every tensor at its checkpoint shape.
+
+Note [Loading per-layer widths]
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+A per-layer checkpoint's config.json is the stock config of the original family
+(``model_type`` renamed ``fxprune_<type>`` so that plain transformers refuses it)
+plus the ``fxprune`` section, which lists the shapes the config does not describe
+(Note [Config from shapes] in config.py). :func:`from_pretrained` lets
+transformers do the loading (key conversions such as Mixtral's per-expert
+tensors, shards, dtypes, devices, tied weights, non-persistent buffers) on a
+subclass whose ``__init__`` ends by giving those tensors their checkpoint
+shapes on the meta device (a bias a repair added becomes a new parameter) and
+syncing module attributes from the in-place table (``fxprune/checks/attr_sync.py``).
+Weights then load as usual, and the object's class is set back to the stock one.
+
+:func:`rebuild` does the same from tensors in memory instead of files: the
+in-place transaction uses it to check that what a checkpoint loads computes what
+the pruned graph computes (Note [In place] in ``fxprune/checks/inplace.py``).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import warnings
+from contextlib import contextmanager
+from typing import Mapping, Optional
+
+import torch
+import torch.nn as nn
+
+from ..checks.attr_sync import GraphArgs, apply_sync, plan_sync
+from ..errors import FxPruneError
+from .config import ORIGINAL, PREFIX, SECTION, model_class
+
+__all__ = ["from_pretrained", "read_config", "resize_to", "rebuild", "CheckpointError"]
+
+
+class CheckpointError(FxPruneError, ValueError):
+    """A checkpoint directory cannot be read as a (pruned) Hugging Face checkpoint."""
+
+
+def read_config(path: str):
+    """The config of checkpoint ``path`` (a directory or its config.json), with the original
+    ``model_type`` restored from the ``fxprune`` section; the section stays on the config."""
+    file = path if path.endswith(".json") else os.path.join(path, "config.json")
+    if not os.path.isfile(file):
+        raise CheckpointError(f"{path}: no config.json; pass a checkpoint directory written by save_pretrained")
+    with open(file) as f:
+        data = json.load(f)
+    section = data.get(SECTION)
+    model_type = data.get("model_type", "")
+    if section is not None:
+        if section.get("version") != 1:
+            raise CheckpointError(f"{file}: fxprune section version {section.get('version')!r} is newer than this "
+                                  "fxprune reads (1); upgrade fxprune")
+        model_type = section[ORIGINAL]
+    elif model_type.startswith(PREFIX):
+        raise CheckpointError(f"{file}: model_type {model_type!r} without its fxprune section; the file was edited")
+    from transformers import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        raise CheckpointError(f"{file}: model_type {model_type!r} is not a transformers architecture")
+    data["model_type"] = model_type
+    return CONFIG_MAPPING[model_type].from_dict(data)
+
+
+# -- resizing a built model ----------------------------------------------------------------------------------
+
+def _owner(model: nn.Module, name: str) -> tuple:
+    path, _, leaf = name.rpartition(".")
+    try:
+        return model.get_submodule(path), leaf
+    except AttributeError:
+        raise CheckpointError(f"the checkpoint holds {name}, but {type(model).__name__} has no module "
+                              f"{path!r}; load it with the class it was saved from (model_cls=)") from None
+
+
+def _reshaped(model: nn.Module, name: str, shape: tuple) -> bool:
+    """Give tensor ``name`` of ``model`` the (meta) ``shape``; True if it changed."""
+    owner, leaf = _owner(model, name)
+    if leaf in owner._buffers and owner._buffers[leaf] is not None:
+        old = owner._buffers[leaf]
+        if tuple(old.shape) != shape:
+            owner._buffers[leaf] = torch.empty(shape, dtype=old.dtype, device="meta")
+            return True
+        return False
+    old = owner._parameters.get(leaf)
+    if old is None and leaf not in owner._parameters and getattr(owner, leaf, None) is not None:
+        raise CheckpointError(f"the checkpoint holds {name}, but {type(owner).__name__}.{leaf} is not a tensor")
+    if old is not None and tuple(old.shape) == shape:
+        return False
+    dtype = old.dtype if old is not None else next((p.dtype for p in owner.parameters()), torch.float32)
+    owner._parameters[leaf] = nn.Parameter(torch.empty(shape, dtype=dtype, device="meta"),
+                                           requires_grad=old.requires_grad if old is not None else True)
+    return True
+
+
+def resize_to(model: nn.Module, shapes: Mapping[str, tuple]) -> list:
+    """Give ``model``'s tensors the ``shapes`` (state-dict names; absent tensors such as a bias are added,
+    on the meta device) and sync the attributes derived from them; returns the names that changed."""
+    plan = plan_sync(model, GraphArgs(None))
+    changed = [n for n, s in shapes.items() if _reshaped(model, n, tuple(int(x) for x in s))]
+    if changed:
+        failed = apply_sync(model, plan, GraphArgs(None), setattr)
+        if failed:
+            raise CheckpointError(f"{type(model).__name__}: attributes cannot follow the checkpoint's shapes: "
+                                  + "; ".join(f"{a} ({why})" for a, why in failed[:6]))
+    return changed
+
+
+def _match_prefix(model: nn.Module, shapes: Mapping[str, tuple]) -> dict:
+    """Checkpoint names as ``model`` names them (a base model loaded from a head model's checkpoint)."""
+    own = set(model.state_dict())
+    prefix = getattr(model, "base_model_prefix", "")
+    out = {}
+    for name, shape in shapes.items():
+        if name not in own and prefix and name.startswith(prefix + "."):
+            stripped = name[len(prefix) + 1:]
+            if stripped in own or not any(k.startswith(prefix + ".") for k in own):
+                name = stripped
+        elif name not in own and prefix and f"{prefix}.{name}" in own:
+            name = f"{prefix}.{name}"
+        out[name] = shape
+    return out
+
+
+def _resizing(cls: type, shapes: Mapping[str, tuple]) -> type:
+    """``cls`` whose ``__init__`` ends by resizing to ``shapes`` (Note [Loading per-layer widths])."""
+    def __init__(self, config, *args, **kwargs):
+        cls.__init__(self, config, *args, **kwargs)
+        if type(self) is sub:  # not the sub-models a composite model builds
+            resize_to(self, _match_prefix(self, shapes))
+    sub = type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__,
+                                      "__qualname__": cls.__qualname__})
+    return sub
+
+
+# -- loading -------------------------------------------------------------------------------------------------
+
+def _header_shapes(path: str) -> dict:
+    """Tensor shapes from the safetensors headers of checkpoint ``path`` (single file or shards)."""
+    from safetensors import safe_open
+
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.isfile(os.path.join(path, "model.safetensors")):
+        files = ["model.safetensors"]
+    else:
+        return {}
+    out = {}
+    for file in files:
+        with safe_open(os.path.join(path, file), "pt") as f:
+            out.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+    return out
+
+
+def _checkpoint_shapes(path: str, config, cls: type) -> dict:
+    """Shapes to resize to: the fxprune section's, and header shapes of names the model has."""
+    shapes = dict((getattr(config, SECTION, None) or {}).get("per_layer", {}))
+    if os.path.isdir(path):
+        from .config import config_shapes
+
+        built = config_shapes(config, cls)
+        for name, shape in _header_shapes(path).items():
+            if name in built and tuple(built[name]) != tuple(shape):
+                shapes.setdefault(name, shape)
+    return {k: tuple(v) for k, v in shapes.items()}
+
+
+def from_pretrained(path: str, model_cls: Optional[type] = None, **kwargs) -> nn.Module:
+    """Load a checkpoint written after in-place pruning, per-layer widths included (Note [Loading per-layer widths]).
+
+    Args:
+        path: the checkpoint directory (``save_pretrained``'s output).
+        model_cls: the model class (default: the config's ``architectures``).
+        kwargs: passed to ``model_cls.from_pretrained`` (``dtype=``, ``device_map=``, ...).
+
+    Returns:
+        The model, of the stock class, in eval mode.
+
+    Example::
+
+        >>> import fxprune.hf
+        >>> model = fxprune.hf.from_pretrained("pruned-llama")          # doctest: +SKIP
+    """
+    config = read_config(path)
+    cls = model_class(config, model_cls)
+    shapes = _checkpoint_shapes(path, config, cls)
+    with _quiet_transformers():
+        model = (_resizing(cls, shapes) if shapes else cls).from_pretrained(path, config=config, **kwargs)
+    model.__class__ = cls
+    resize_to(model, {})  # attributes of tied tensors
+    return model.eval()
+
+
+@contextmanager
+def _quiet_transformers():
+    log = logging.getLogger("transformers")
+    level = log.level
+    try:
+        log.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
+
+
+# -- rebuilding from tensors in memory ------------------------------------------------------------------------
+
+def _pretrained_owner(model: nn.Module, path: str):
+    """The innermost ``PreTrainedModel`` holding module ``path`` (composite models init their parts)."""
+    from transformers import PreTrainedModel
+
+    owner, node = model, model
+    for part in path.split(".") if path else ():
+        node = getattr(node, part)
+        if isinstance(node, PreTrainedModel):
+            owner = node
+    return owner
+
+
+@torch.no_grad()
+def _materialize_buffers(model: nn.Module, device) -> None:
+    """Non-persistent buffers as ``from_pretrained`` computes them (rotary frequencies, embedding scales)."""
+    from transformers import initialization as init
+
+    owners = {}
+    for name, buf in list(model.named_non_persistent_buffers()):
+        path, _, leaf = name.rpartition(".")
+        module = model.get_submodule(path)
+        module._buffers[leaf] = torch.empty_like(buf, device=device)
+        owners[path] = module
+    with init.guard_torch_init_functions():
+        for path, module in owners.items():
+            _pretrained_owner(model, path)._init_weights(module)
+
+
+def rebuild(config, state: Mapping[str, torch.Tensor], model_cls: type, device=None) -> nn.Module:
+    """What loading a checkpoint of ``config`` and ``state`` builds, sharing ``state``'s storage.
+
+    The stock class is built on meta from ``config`` as read back from JSON, resized to ``state``'s
+    shapes (Note [Loading per-layer widths]), and given ``state``'s tensors (no copy); non-persistent
+    buffers are computed as ``from_pretrained`` does. Raises :class:`CheckpointError` when a tensor of
+    ``state`` has no place in the model or one of the model's is missing.
+    """
+    from .config import _round_trip
+
+    config = _round_trip(copy.deepcopy(config))
+    device = device or next(iter(state.values())).device
+    with _quiet_transformers(), torch.device("meta"):
+        model = model_cls(config)
+    resize_to(model, {k: tuple(v.shape) for k, v in state.items()})
+    tensors = {k: v.detach() for k, v in state.items()}
+    for t in tensors.values():
+        t._is_hf_initialized = True
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    model.tie_weights()
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta
+            and n not in dict(model.named_non_persistent_buffers())]
+    if unexpected or left:
+        raise CheckpointError(f"{model_cls.__name__} rebuilt from the config does not take the tensors: "
+                              f"unexpected {unexpected[:4]}, not loaded {left[:4]}")
+    _materialize_buffers(model, device)
+    resize_to(model, {})
+    return model.eval()
