@@ -26,6 +26,8 @@ from typing import Iterator, Optional, Union
 
 import torch
 
+from .load import CheckpointError
+
 __all__ = ["Checkpoint", "TensorInfo", "ShardWriter", "parse_size", "CheckpointError",
            "SAFE_WEIGHTS_NAME", "SAFE_WEIGHTS_INDEX_NAME"]
 
@@ -34,10 +36,6 @@ SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
            "BOOL": torch.bool}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read (missing or unsupported files) or written."""
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,9 @@ from typing import Optional
 
 import torch
 
-from ..graph import DependencyGraph, Group
+from ..graph import DependencyGraph
 from .checkpoint import Checkpoint
+from .config import model_class
 
 __all__ = ["CheckpointPlan", "plan_checkpoint", "meta_model", "candidates", "head_dim_groups", "block_paths"]
 
@@ -76,18 +77,6 @@ def _import_transformers():
     return transformers
 
 
-def _model_class(config):
-    T = _import_transformers()
-    for arch in getattr(config, "architectures", None) or ():
-        cls = getattr(T, arch, None)
-        if cls is not None:
-            return cls
-    try:
-        return T.AutoModelForCausalLM._model_mapping[type(config)]
-    except KeyError:
-        return T.AutoModel._model_mapping[type(config)]
-
-
 def meta_model(config, model_cls=None, dtype: Optional[torch.dtype] = None) -> torch.nn.Module:
     """``model_cls`` (default: from ``config.architectures``) built under ``init_empty_weights``, eval mode.
 
@@ -95,7 +84,8 @@ def meta_model(config, model_cls=None, dtype: Optional[torch.dtype] = None) -> t
     """
     from accelerate import init_empty_weights
 
-    cls = model_cls or _model_class(config)
+    _import_transformers()
+    cls = model_class(config, model_cls)
     config = copy.deepcopy(config)  # _from_config writes its dtype into the config
     with init_empty_weights(include_buffers=False):
         if hasattr(cls, "_from_config"):

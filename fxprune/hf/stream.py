@@ -46,7 +46,8 @@ from .calibrated import needs_calibration, run_calibrated
 from .engine import Engine, TensorScores, rewrite_tensor
 from .plan import CheckpointPlan, candidates, plan_checkpoint
 
-__all__ = ["prune_checkpoint", "StreamResult", "rewrite_tensor", "fits_in_memory", "stream_keep"]
+__all__ = ["prune_checkpoint", "StreamResult", "rewrite_tensor", "fits_in_memory", "stream_keep", "wants_stream",
+           "run_cli", "describe"]
 
 _WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, "config.json")
 
@@ -147,15 +148,26 @@ def _copy_side_files(src: str, out: str) -> None:
             shutil.copy2(p, os.path.join(out, f))
 
 
+def _buffer_shapes(plan: CheckpointPlan, atom_keep: dict) -> dict:
+    """Pruned shapes of the model's buffers the checkpoint does not hold (a rotary table of ``head_dim / 2``
+    tells ``pruned_config`` a pruned head count from a pruned head dim)."""
+    out = {}
+    for name, b in plan.model.named_buffers():
+        if name in plan.checkpoint:
+            continue
+        dims = plan.dg.param_use(name).dims if name in plan.dg.param_names else None
+        out[name] = tuple(b.shape) if dims is None else tuple(layout.new_size(atom_keep) for layout in dims)
+    return out
+
+
 def _write_config(plan: CheckpointPlan, shapes: dict, out: str):
+    """config.json of the pruned widths (``pruned_config``): stock when uniform, else marked ``fxprune_``."""
     from .config import pruned_config
+    from .save import mark_config_file
 
     result = pruned_config(plan.config, shapes, model_cls=type(plan.model))
-    save = getattr(result, "save", None)
-    if callable(save):
-        save(out)
-    else:
-        result.config.save_pretrained(out)
+    result.config.save_pretrained(out)
+    mark_config_file(out)
     return result
 
 
@@ -206,8 +218,8 @@ def prune_checkpoint(path, out, config: Optional[PruneConfig] = None, *, keep: O
                          "...] (token-id tensors or dicts of keyword inputs)")
     if keep is None and not getattr(crit, "needs_calibration", False):
         _streamable(crit)
+    out = _check_out(plan.checkpoint.path if plan is not None else path, out)
     plan = plan or plan_checkpoint(path, example_kwargs)
-    out = _check_out(plan.checkpoint.path, out)
     groups, left_out = candidates(plan.dg)
     keep = stream_keep(plan, keep) if keep is not None else None
     ck = plan.checkpoint
@@ -232,8 +244,71 @@ def prune_checkpoint(path, out, config: Optional[PruneConfig] = None, *, keep: O
     res = StreamResult(out, eng.keep, plan, left_out, eng.raw, None, eng.bytes_read, writer.bytes_written,
                        eng.reads, len(ck.tensors), repair=report,
                        calibration_bytes=runner.bytes_read if runner is not None else 0)
-    res.config = _write_config(plan, {n: i.shape for n, i in written.tensors.items()}, out)
+    shapes = {**_buffer_shapes(plan, eng.atom_keep), **{n: i.shape for n, i in written.tensors.items()}}
+    res.config = _write_config(plan, shapes, out)
     _copy_side_files(ck.path, out)
     res.files = sorted({os.path.basename(i.file) for i in written.tensors.values()})
     res.seconds = time.perf_counter() - t0
     return res
+
+
+# -- command line --------------------------------------------------------------------------------------------
+def wants_stream(args) -> bool:
+    """``fxprune hf:PATH`` streams with ``--stream``, or when the checkpoint does not fit in memory."""
+    spec = getattr(args, "model", None) or ""
+    if not spec.startswith("hf:"):
+        if getattr(args, "stream", False):
+            raise ValueError("--stream prunes a safetensors checkpoint: use it with MODEL hf:PATH")
+        return False
+    path = spec[3:]
+    return bool(getattr(args, "stream", False)) or (os.path.isdir(path) and not fits_in_memory(path))
+
+
+def run_cli(args, cfg: PruneConfig, say) -> tuple:
+    """The CLI's streamed run (``fxprune hf:PATH --out DIR [--stream]``): (summary line, exit code 0)."""
+    path, out = args.model[3:], getattr(args, "out", None)
+    if not out:
+        raise ValueError("streaming writes a new checkpoint: pass --out DIR")
+    data = None
+    if getattr(args, "calib", 0):  # fxprune.calib's --calib N: random token ids, 128 per sequence
+        gen = torch.Generator().manual_seed(args.seed)
+        vocab = int(getattr(plan_config(path), "vocab_size", 2))
+        data = [torch.randint(0, vocab, (1, 128), generator=gen) for _ in range(args.calib)]
+    _check_out(path, out)
+    say(f"planning {path} on the meta device (config.json, tensor headers)")
+    plan = plan_checkpoint(path)
+    say(f"{len(plan.dg.groups)} groups; streaming {len(plan.checkpoint.tensors)} tensors "
+        f"({plan.checkpoint.nbytes / 2**30:.2f} GiB) into {out}")
+    res = prune_checkpoint(path, out, cfg, plan=plan, data=data, repair=getattr(args, "repair", None),
+                           progress=say.bars)
+    if not args.quiet:
+        print(describe(res))
+    return res.summary(), 0
+
+
+def plan_config(path: str):
+    """The config of the checkpoint at ``path``."""
+    from .plan import _import_transformers
+    return _import_transformers().AutoConfig.from_pretrained(path)
+
+
+def describe(res: StreamResult) -> str:
+    """What changed: the config attributes, per-layer widths, groups left out and the repair."""
+    lines = []
+    pc = res.config
+    if pc is not None:
+        kind = "uniform: loads with plain transformers" if pc.uniform else \
+            "per-layer widths: load with fxprune.hf.from_pretrained (plain transformers refuses it)"
+        lines.append(f"config ({kind}): " + (", ".join(f"{k} {a} -> {b}" for k, (a, b) in pc.changed.items())
+                                                or "no stock attribute changed"))
+    by_layer: dict = {}
+    for g, k in res.keep.items():
+        owner = res.plan.block_of(g.producers[0].param if g.producers else g.members[0][0]) or "(outside the layers)"
+        by_layer.setdefault(owner, []).append(f"{g.name} {g.size}->{len(k)}")
+    for layer, items in by_layer.items():
+        lines.append(f"  {layer}: {', '.join(items)}")
+    if res.left_out:
+        lines.append(f"left out: {len(res.left_out)} groups ({'; '.join(sorted(set(res.left_out.values())))})")
+    if res.repair is not None:
+        lines.append(str(res.repair))
+    return "\n".join(lines)

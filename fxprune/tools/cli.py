@@ -95,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="PATH", help="write the pruned model here with fxprune.save (a .pt2 "
                                                   "ExportedProgram; load it with fxprune.load(PATH))")
     p.add_argument("--plot", metavar="FILE", help="write a PNG of per-layer widths before and after (matplotlib)")
+    p.add_argument("--out", metavar="DIR", help="hf:PATH: write the pruned checkpoint here (safetensors shards, "
+                                                "index, config.json)")
+    p.add_argument("--stream", action="store_true",
+                   help="hf:PATH: prune tensor by tensor and block by block without loading the model (the default "
+                        "when the checkpoint does not fit in memory)")
     p.add_argument("--no-verify", action="store_true", help="skip the certificate and the float64 oracles")
     p.add_argument("--latency-runs", type=int, default=20, metavar="N",
                    help="timed CPU forward passes before/after (median; 0 skips; default 20)")
@@ -330,6 +335,9 @@ def _run(args, say) -> tuple:
     _check_options(args, cfg)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    from ..hf.stream import run_cli, wants_stream
+    if wants_stream(args):  # a checkpoint larger than memory (or --stream): Note [Streamed pruning]
+        return run_cli(args, cfg, say)
     m = _load(args, say)
     dg, t_analyze = _analyse(args, m, cfg, say)
     res = _prune(args, m, dg, cfg, say)
