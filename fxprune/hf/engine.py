@@ -1,6 +1,7 @@
 """The streamed rewrite: score, decide and rewrite tensor by tensor (Note [Streamed pruning] in stream.py)."""
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional
 
 import torch
@@ -12,6 +13,19 @@ from .plan import CheckpointPlan
 __all__ = ["Engine", "TensorScores", "rewrite_tensor"]
 
 _FROM_SOURCE = object()
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Per-tensor work in one intra-op thread: the slices are small, and on a busy machine a second
+    thread that waits for a core makes them up to 100 times slower (measured: 0.08 s against 8 s for a
+    14336 x 4096 weight's scores with two threads on two shared cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 @torch.no_grad()
@@ -151,6 +165,10 @@ class Engine:
 
     def step(self, name: str) -> None:
         """Read ``name``, score it, and write it now, hold it, or drop it to be read again."""
+        with one_thread():
+            self._step(name)
+
+    def _step(self, name: str) -> None:
         t = self.read(name)
         for g in self.scores.add(name, t) if self.scores is not None else ():
             self.complete(g)
@@ -163,6 +181,7 @@ class Engine:
             self.deferred.append(name)
         self.flush()
 
+    @one_thread()
     def flush(self) -> None:
         """Write every held tensor whose decisions are made."""
         for name in [n for n in self.held if self.ready(n)]:
@@ -191,6 +210,7 @@ class Engine:
             before_flush()
         self.gated.clear()
         self.flush()
-        for name in self.deferred:
-            self._emit(name, self.read(name))
+        with one_thread():
+            for name in self.deferred:
+                self._emit(name, self.read(name))
         self.deferred = []

@@ -109,6 +109,16 @@ def fits_in_memory(path, factor: float = 2.5) -> bool:
     return need <= avail
 
 
+def _calibrated_names(importance):
+    """``importance``, after importing :mod:`fxprune.calib` (where installed) so that its criteria names
+    (wanda, fluctuation, obs) are registered."""
+    try:
+        import fxprune.calib  # noqa: F401
+    except ImportError:
+        pass
+    return importance
+
+
 def _streamable(crit) -> None:
     if isinstance(crit, Random) or (isinstance(crit, Elementwise) and not crit.needs_data):
         return
@@ -211,7 +221,7 @@ def prune_checkpoint(path, out, config: Optional[PruneConfig] = None, *, keep: O
     if cfg.target_macs is not None or cfg.target_params is not None or cfg.iterative_steps != 1:
         raise ValueError("streamed pruning takes a ratio (scope local or global), not a MACs/params target or "
                          "iterative steps: they need the pruned model in memory")
-    crit = get_importance(cfg.importance)
+    crit = get_importance(_calibrated_names(cfg.importance))
     calibrated = needs_calibration(crit, repair)
     if calibrated and data is None:
         raise ValueError(f"importance {cfg.importance!r} with repair={repair!r} reads activations: pass data=[batch, "
