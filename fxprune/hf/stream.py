@@ -109,14 +109,12 @@ def fits_in_memory(path, factor: float = 2.5) -> bool:
     return need <= avail
 
 
-def _calibrated_names(importance):
-    """``importance``, after importing :mod:`fxprune.calib` (where installed) so that its criteria names
-    (wanda, fluctuation, obs) are registered."""
+def _register_calibrated() -> None:
+    """Import :mod:`fxprune.calib` where installed: its criteria names (wanda, fluctuation, obs) register."""
     try:
         import fxprune.calib  # noqa: F401
     except ImportError:
         pass
-    return importance
 
 
 def _streamable(crit) -> None:
@@ -217,11 +215,12 @@ def prune_checkpoint(path, out, config: Optional[PruneConfig] = None, *, keep: O
         >>> fxprune.hf.from_pretrained("llama-7b-pruned")                      # doctest: +SKIP
     """
     t0 = time.perf_counter()
+    _register_calibrated()
     cfg = dataclasses.replace(config, **options) if config is not None else PruneConfig(**options)
     if cfg.target_macs is not None or cfg.target_params is not None or cfg.iterative_steps != 1:
         raise ValueError("streamed pruning takes a ratio (scope local or global), not a MACs/params target or "
                          "iterative steps: they need the pruned model in memory")
-    crit = get_importance(_calibrated_names(cfg.importance))
+    crit = get_importance(cfg.importance)
     calibrated = needs_calibration(crit, repair)
     if calibrated and data is None:
         raise ValueError(f"importance {cfg.importance!r} with repair={repair!r} reads activations: pass data=[batch, "
