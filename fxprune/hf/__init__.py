@@ -2,6 +2,10 @@
 
 transformers, safetensors and accelerate (the ``hf`` extra) are imported inside the functions,
 so ``import fxprune`` never needs them.
+
+Checkpoints larger than memory: :func:`fxprune.hf.stream.prune_checkpoint` plans on the meta
+device and scores, calibrates and rewrites tensor by tensor and block by block
+(:mod:`fxprune.hf.checkpoint` reads and writes the safetensors shards).
 """
 from .config import PrunedConfig, model_class, pruned_config
 from .load import CheckpointError, from_pretrained, read_config, rebuild, resize_to

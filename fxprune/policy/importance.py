@@ -60,9 +60,18 @@ def keep_top(dg: DependencyGraph, ratio: float, p: float = 2.0) -> dict:
 def _to_coords(elem: torch.Tensor, m: MemberLayout, group: Group):
     """(coords, per-flat-index sums) of ``elem`` along the member's dim, for ``index_add_``."""
     coords = m.layout.coordinate_map(group.atom)
-    flat = elem.transpose(0, m.dim).reshape(elem.shape[m.dim], -1).sum(1)
+    flat = _flat_sums(elem, m.dim)
     mask = coords >= 0
     return coords[mask], flat[mask]
+
+
+SLICE_ELEMENTS = 1 << 18  # Elementwise.member_scores works on float64 slices of about this many elements (cache sized)
+
+
+def _flat_sums(elem: torch.Tensor, dim: int) -> torch.Tensor:
+    """The sum of ``elem`` over every dim but ``dim``: one value per flat index of ``dim``."""
+    others = [d for d in range(elem.dim()) if d != dim]
+    return elem.sum(others) if others else elem.clone()
 
 
 # -- normalization and aggregation ---------------------------------------------------
@@ -158,9 +167,34 @@ class Elementwise(Criterion):
             grad, fisher = (st.get(k) for k in ("grad", "fisher"))
             if (self.needs_data and grad is None) or (self.needs_fisher and fisher is None):
                 continue
-            elem = self.element(w.detach().double(), _d(grad), _d(fisher))
-            s = torch.zeros(group.size, dtype=torch.float64)
-            per_member.append(s.index_add_(0, *_to_coords(elem, m, group)))
+            per_member.append(self.member_scores(w, m, group, grad, fisher))
+        return self.combine(per_member)
+
+    @torch.no_grad()
+    def member_scores(self, w: torch.Tensor, m: MemberLayout, group: Group, grad=None, fisher=None) -> torch.Tensor:
+        """One member's contribution: the statistic summed per coordinate of ``group`` (float64).
+
+        Computed on float64 slices of ``w``'s first dim (about :data:`SLICE_ELEMENTS` elements
+        each), so a large tensor never has a whole float64 copy; the checkpoint streamer calls it
+        tensor by tensor.
+        """
+        rows = w.shape[0] if w.dim() else 1
+        step = max(1, SLICE_ELEMENTS // max(1, w.numel() // max(1, rows)))
+        flat = torch.zeros(w.shape[m.dim], dtype=torch.float64)
+        for a in range(0, rows, step):
+            n = min(step, rows - a)
+            part = [None if t is None else t.detach().narrow(0, a, n).double() for t in (w, grad, fisher)]
+            sums = _flat_sums(self.element(*part), m.dim)
+            if m.dim == 0:
+                flat[a:a + n] = sums
+            else:
+                flat += sums
+        coords = m.layout.coordinate_map(group.atom)
+        mask = coords >= 0
+        return torch.zeros(group.size, dtype=torch.float64).index_add_(0, coords[mask], flat[mask])
+
+    def combine(self, per_member: list) -> Optional[torch.Tensor]:
+        """The group's scores from its members' (:meth:`member_scores`, in ``group.layouts`` order)."""
         if not per_member:
             return None
         return normalize(_REDUCTIONS[self.reduction](torch.stack(per_member)), self.normalizer)
@@ -177,7 +211,7 @@ class Magnitude(Elementwise):
     p: float = 2.0
 
     def element(self, w, grad, fisher):
-        return w.abs().pow(self.p)
+        return w.square() if self.p == 2 else w.abs().pow(self.p)  # the same bits, one pass fewer
 
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)

@@ -51,7 +51,9 @@ MODEL:
                           example inputs is passed as keywords
   hf:PATH                 a Hugging Face checkpoint directory (or a config.json alone: built on the
                           meta device, weight-free criteria only, nothing certified); --out DIR writes
-                          the model pruned in place as a checkpoint and prints its per-layer widths
+                          the model pruned in place as a checkpoint and prints its per-layer widths;
+                          --stream (automatic when the checkpoint does not fit in memory) prunes the
+                          safetensors shards tensor by tensor and block by block
 
 exit codes:
 {codes}
@@ -104,12 +106,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialization and inputs")
     p.add_argument("--save", metavar="PATH", help="write the pruned model here with fxprune.save (a .pt2 "
                                                   "ExportedProgram; load it with fxprune.load(PATH))")
-    p.add_argument("--out", metavar="DIR", help="hf: models: prune in place and write a Hugging Face checkpoint "
-                   "here (stock config where one describes the result, else per-layer widths that "
-                   "fxprune.hf.from_pretrained loads), then load it back and compare")
+    p.add_argument("--out", metavar="DIR", help="hf:PATH: write the pruned Hugging Face checkpoint here (stock "
+                   "config where one describes the result, else per-layer widths that fxprune.hf.from_pretrained "
+                   "loads); in memory the model is pruned in place, loaded back and compared; with --stream "
+                   "(or a checkpoint larger than memory) tensor by tensor into new safetensors shards")
     p.add_argument("--uniform", action="store_true", help="with --out: one width per class of layers, so that "
                    "plain transformers loads the checkpoint")
     p.add_argument("--plot", metavar="FILE", help="write a PNG of per-layer widths before and after (matplotlib)")
+    p.add_argument("--stream", action="store_true",
+                   help="hf:PATH: prune tensor by tensor and block by block without loading the model (the default "
+                        "when the checkpoint does not fit in memory)")
     p.add_argument("--no-verify", action="store_true", help="skip the certificate and the float64 oracles")
     p.add_argument("--latency-runs", type=int, default=20, metavar="N",
                    help="timed CPU forward passes before/after (median; 0 skips; default 20)")
@@ -380,6 +386,9 @@ def _run(args, say) -> tuple:
     _check_options(args, cfg)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    from ..hf.stream import run_cli, wants_stream
+    if wants_stream(args):  # a checkpoint larger than memory (or --stream): Note [Streamed pruning]
+        return run_cli(args, cfg, say)
     m = _load(args, say)
     if m.meta:  # no values: nothing to certify, verify or time
         import dataclasses
