@@ -126,6 +126,7 @@ def main(argv=None) -> None:
     p.add_argument("--models", help="comma-separated zoo:name specs (default: 8 models)")
     p.add_argument("--reps", type=int, default=None, help="runs per measurement (default 3, --quick 1)")
     p.add_argument("--tp-timeout", type=int, default=60, help="cap of the Torch-Pruning run, seconds")
+    p.add_argument("--md", default=None, help="also write the table to this markdown file (benchmarks/CERTIFICATE.md)")
     args = p.parse_args(argv)
     import torch
     torch.set_num_threads(1)
@@ -135,8 +136,17 @@ def main(argv=None) -> None:
     for spec in specs:
         print(f"measuring {spec} ...", file=sys.stderr, flush=True)
         rows.append({**measure(spec, reps, args.tp_timeout), "cap": args.tp_timeout})
-    print(f"Certificate cost (torch {torch.__version__}, 1 thread, median of {reps}, ratio {RATIO}):\n")
+    import os
+    import time
+    head = f"Certificate cost (torch {torch.__version__}, 1 thread, median of {reps}, ratio {RATIO}):"
+    print(head + "\n")
     print(table(rows))
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(f"## Certificate cost\n\n`python benchmarks/bench_certificate.py` ({time.strftime('%Y-%m-%d')}, "
+                    f"load average at the end {os.getloadavg()[0]:.1f}): the default certificate (permutation "
+                    "oracle on a float64 copy) and its float32 fallback beside fxprune's pruning time and "
+                    f"Torch-Pruning's. {head}\n\n{table(rows)}\n")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     ap.add_argument("--examples", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-steps", type=int, default=10)
+    ap.add_argument("--md", default=None, help="also write the table to this markdown file (benchmarks/FUZZ.md)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -92,9 +93,18 @@ def main(argv=None) -> int:
             ["op families covered", f"{len({f for f, _ in forms})} of {len(OPS)}"],
             ["op variants covered", len(forms)], ["fxprune rules exercised", len(rules - {'unknown'})],
             ["mismatches", stats["mismatches"]], ["crashes", stats["crashes"]], ["seconds", stats["seconds"]]]
-    print(tabulate(rows, headers=["fuzz run", f"seed {args.seed}, max {args.max_steps} steps"], tablefmt="github"))
+    table = tabulate(rows, headers=["fuzz run", f"seed {args.seed}, max {args.max_steps} steps"], tablefmt="github")
+    print(table)
     for kind, spec, msg in failures:
         print(f"\n{kind}: {spec!r}\n{msg}")
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(f"## Model fuzzer\n\n`python benchmarks/fuzz.py --examples {args.examples} --seed {args.seed}` "
+                    f"({time.strftime('%Y-%m-%d')}, one thread): random models from the hypothesis strategy of "
+                    "tests/fuzz_models.py, each through both oracles in float64 (a fifth captured by torch.export; "
+                    "every tenth traced model also run pruned at another batch size).\n\n" + table + "\n"
+                    + "".join(f"\n- {kind}: `{spec!r}`: {msg.splitlines()[0] if msg else ''}" for kind, spec, msg
+                              in failures[:20]) + "\n")
     return 1 if failures else 0
 
 

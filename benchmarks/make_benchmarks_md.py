@@ -13,6 +13,12 @@ Sections:
 2. analysis time and peak memory: benchmarks/bench_analysis.py, its output embedded;
 3. end-to-end pruning time (analysis + scoring + selection + rewrite) of both tools;
 4. fxprune-pruned latency against the MACs reduction, batch 1, fixed thread count.
+
+After these, BENCHMARKS.md collects the reports the other benchmark commands write
+(certificate cost, fuzzer, third-party models, Hugging Face families, post-training quality,
+streamed checkpoints), each under its own heading and dated by its own run:
+
+    python benchmarks/make_benchmarks_md.py --collect          # refresh only that part, run nothing
 """
 from __future__ import annotations
 
@@ -418,6 +424,34 @@ def render(args, models, cov, analysis_text, e2e_res, lat, versions, machine, st
     return "\n".join(L) + "\n"
 
 
+COLLECTED = "<!-- collected reports: python benchmarks/make_benchmarks_md.py --collect -->"
+REPORTS = [  # (file under benchmarks/, the command that writes it)
+    ("CERTIFICATE.md", "python benchmarks/bench_certificate.py --md benchmarks/CERTIFICATE.md"),
+    ("FUZZ.md", "python benchmarks/fuzz.py --examples 3000 --md benchmarks/FUZZ.md"),
+    ("THIRDPARTY.md", "python benchmarks/bench_thirdparty.py"),
+    ("HF.md", "python benchmarks/bench_hf.py"),
+    ("QUALITY.md", "python benchmarks/bench_quality.py"),
+    ("STREAM.md", "python benchmarks/bench_stream.py"),
+]
+
+
+def collected() -> str:
+    """The reports of the other benchmark commands, each demoted under one heading (missing ones named)."""
+    parts = [COLLECTED, "", "## 5. Reports of the other benchmark commands", "",
+             "Each report below comes from its own command and run (dated inside), not from the run above."]
+    for name, cmd in REPORTS:
+        path = os.path.join(HERE, name)
+        if not os.path.isfile(path):
+            parts += ["", f"### {name}: not run yet (`{cmd}`)"]
+            continue
+        with open(path) as f:
+            body = f.read().strip().splitlines()
+        body = [("##" + line) if line.startswith("#") else line for line in body]  # demote its headings
+        body = [line.replace("](quality_lm.png)", "](benchmarks/quality_lm.png)") for line in body]
+        parts += ["", *body]
+    return "\n".join(parts) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a small subset of every section (a few minutes)")
@@ -430,9 +464,18 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: coverage,analysis,e2e,latency")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--collect", action="store_true",
+                    help="only refresh the collected reports of the other benchmark commands (runs nothing)")
     args = ap.parse_args(argv)
     if args.worker:
         _worker(args.worker)
+        return 0
+    if args.collect:
+        with open(args.out) as f:
+            head = f.read().split(COLLECTED)[0].rstrip("\n")
+        with open(args.out, "w") as f:
+            f.write(head + "\n\n" + collected())
+        _log(f"refreshed the collected reports in {args.out}")
         return 0
     sys.path.insert(0, HERE)
     import importlib.util
@@ -471,6 +514,7 @@ def main(argv=None) -> int:
         lat = latency_table(LAT_QUICK if args.quick else LAT_MODELS, args.lat_runs, args.lat_threads, cap=600)
     text = render(args, models, cov, analysis_text, e2e_res, lat, versions, machine, started,
                   time.perf_counter() - t0)
+    text = text.rstrip("\n") + "\n\n" + collected()
     with open(args.out, "w") as f:
         f.write(text)
     _log(f"wrote {args.out} in {(time.perf_counter() - t0) / 60:.1f} min")

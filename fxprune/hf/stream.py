@@ -181,7 +181,7 @@ def _write_config(plan: CheckpointPlan, shapes: dict, out: str):
 
 def prune_checkpoint(path, out, config: Optional[PruneConfig] = None, *, keep: Optional[dict] = None,
                      data=None, repair: Optional[str] = None, damping: Optional[float] = None,
-                     example_kwargs: Optional[dict] = None, max_shard_size="1GB", hold_bytes: int = 2**30,
+                     example_kwargs: Optional[dict] = None, max_shard_size="512MB", hold_bytes: int = 2**30,
                      dtype=None, progress: bool = False, plan: Optional[CheckpointPlan] = None,
                      **options) -> StreamResult:
     """Prune the safetensors checkpoint at ``path`` into ``out`` without loading the model.
@@ -201,7 +201,9 @@ def prune_checkpoint(path, out, config: Optional[PruneConfig] = None, *, keep: O
         damping: of the ``lstsq`` repair (default ``fxprune.calib.DAMPING``).
         dtype: the calibration's compute dtype (default float32).
         example_kwargs: the capture's example inputs (default: 2 x 8 token ids).
-        max_shard_size: the cap of an output shard (``"1GB"``); memory holds one shard.
+        max_shard_size: the cap of an output shard (``"512MB"``). Memory holds one shard, twice while it is
+            written (safetensors serializes a copy): at 7B shape, peak RSS 1.9 GiB with 512 MB shards and
+            2.3 GiB with 1 GB ones (``benchmarks/STREAM.md``).
         hold_bytes: tensors waiting for a decision stay in memory up to this; beyond, they are read again.
         progress: a tqdm bar over the tensors (stderr).
         plan: a :class:`CheckpointPlan` of ``path`` made already.
