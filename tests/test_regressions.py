@@ -376,6 +376,26 @@ def test_view_as_couples_the_reshaped_tensor_to_the_one_giving_the_sizes():
     runs_smaller(m, X, X2)
 
 
+class RankBranch(nn.Module):
+    """``x.dim()`` reads the rank only (torchvision's ViT asserts it on every encoder input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.d = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        y = self.c(x)
+        torch._assert(y.dim() == 4, "expected a 4-d input")
+        return self.d(y) * y.ndimension()
+
+
+def test_reading_the_rank_reads_no_coordinate():
+    m = RankBranch().eval()
+    dg = fxprune.analyze(m, X)
+    assert sizes(dg) == [6], dg.report()  # found by the ViT latency benchmark: the channels were pinned
+    verified(m, X, groups=1)
+
+
 class ClampMinTensor(nn.Module):
     def __init__(self):
         super().__init__()

@@ -90,4 +90,5 @@ def numel(ctx: RuleContext) -> IV:
 
 @register(method("dim"), method("ndimension"))
 def ndim(ctx: RuleContext) -> IV:
+    ctx.metadata_only(ctx.arg(0))  # the rank only: no coordinate is read
     return IV(ctx.out)
