@@ -145,6 +145,30 @@ def _torch_pruning(name: str, root: str, ratio: float) -> dict:
     return row
 
 
+def _tp_worker(name: str, root: str, ratio: float, queue) -> None:
+    queue.put(_torch_pruning(name, root, ratio))
+
+
+def _torch_pruning_capped(name: str, root: str, ratio: float, cap: float) -> dict:
+    """:func:`_torch_pruning` in a forked process, killed after ``cap`` seconds (Torch-Pruning 1.6 can loop
+    forever on some GQA configurations)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_tp_worker, args=(name, root, ratio, queue))
+    proc.start()
+    try:
+        return queue.get(timeout=cap)
+    except Exception:  # queue.Empty: still running
+        return {"error": f"over the {cap:.0f} s cap"}
+    finally:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
 # -- round trips in a fresh process ----------------------------------------------------------------------------
 
 def _round_trips(paths: list) -> dict:
@@ -177,6 +201,7 @@ def main() -> int:
     ap.add_argument("--ratio", type=float, default=0.4)
     ap.add_argument("--out", default=os.path.join(HERE, "HF.md"))
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
+    ap.add_argument("--tp-cap", type=float, default=120, help="seconds before a Torch-Pruning run is stopped")
     args = ap.parse_args()
     torch.set_num_threads(1)
     root = tempfile.mkdtemp(prefix="bench_hf_")
@@ -184,7 +209,7 @@ def main() -> int:
     for name in args.families.split(","):
         fx = _fxprune(name, root, args.ratio, False)
         fu = _fxprune(name, root, args.ratio, True)
-        tp = {} if args.no_tp else _torch_pruning(name, root, args.ratio)
+        tp = {} if args.no_tp else _torch_pruning_capped(name, root, args.ratio, args.tp_cap)
         results.append((name, fx, fu, tp))
         print(f"{name}: fxprune {fx['seconds']:.1f} s, removed {_removed(fx)} / stock {_removed(fu)}; "
               f"TP {tp.get('seconds', 0):.1f} s {tp.get('error', '')}", file=sys.stderr, flush=True)

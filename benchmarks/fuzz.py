@@ -4,7 +4,7 @@
     python benchmarks/fuzz.py --examples 5000 --seed 3 --max-steps 12
 
 Models come from the hypothesis strategy in tests/fuzz_models.py (op families in
-tests/fuzz_ops.py, tests/fuzz_ops_more.py); a fifth are captured through torch.export.
+tests/fuzz_ops.py, tests/fuzz_ops_more.py); part of them (about 40%) are captured through torch.export.
 Per model: ``fxprune.verify`` (permutation and removal oracles), and for every tenth the
 pruned model at another batch size. A *mismatch* is an oracle failure (or a pruned model
 that does not run); a *crash* is any exception from fxprune on a model that runs eagerly.
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
         with open(args.md, "w") as f:
             f.write(f"## Model fuzzer\n\n`python benchmarks/fuzz.py --examples {args.examples} --seed {args.seed}` "
                     f"({time.strftime('%Y-%m-%d')}, one thread): random models from the hypothesis strategy of "
-                    "tests/fuzz_models.py, each through both oracles in float64 (a fifth captured by torch.export; "
+                    "tests/fuzz_models.py, each through both oracles in float64 (part of them captured by torch.export; "
                     "every tenth traced model also run pruned at another batch size).\n\n" + table + "\n"
                     + "".join(f"\n- {kind}: `{spec!r}`: {msg.splitlines()[0] if msg else ''}" for kind, spec, msg
                               in failures[:20]) + "\n")

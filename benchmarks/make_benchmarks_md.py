@@ -384,7 +384,9 @@ def render(args, models, cov, analysis_text, e2e_res, lat, versions, machine, st
     # 3. end-to-end
     L.append("## 3. End-to-end pruning time\n")
     L.append(f"Removing {RATIO:.0%} of every group by L2 magnitude, torchvision, input 1x3x224x224, default threads. "
-             "fxprune: `analyze` + `score_groups` + `plan` + `apply` (what `fxprune.prune` does). Torch-Pruning: "
+             "fxprune: `analyze` + `score_groups` + `plan` + `apply` (what `fxprune.prune` does, so with its "
+             "defaults: the checked trace runs the model and its graph once, and `apply` certifies the result "
+             "with the permutation oracle on a float64 copy; the certificate's share is in section 5). Torch-Pruning: "
              "`MagnitudePruner(...)` construction (its dependency graph) + `step()`. Median of "
              f"{args.reps} runs after one warm-up run, each on a fresh deep copy; ratio = fxprune/TP.\n")
     rows, ratios = [], []
