@@ -234,7 +234,17 @@ def main() -> int:
     table = tabulate(rows, headers=headers, tablefmt="github")
     print(table)
     with open(args.out, "w") as f:
-        f.write(f"<!-- python benchmarks/bench_hf.py --ratio {args.ratio} -->\n{table}\n")
+        f.write(f"## Hugging Face families end to end\n\n`python benchmarks/bench_hf.py --ratio {args.ratio}` "
+                f"({time.strftime('%Y-%m-%d')}, one thread; tiny configs of tests/hf_tiny.py, random init, one "
+                "sequence of 7 tokens as the example). fxprune: both oracles in float64, then "
+                "`fxprune.prune(..., inplace=True)` with global ranking (per layer) and with `uniform=True` "
+                "(stock config); *classes in place*: what the expressible trials accepted; *round trip*: the "
+                "saved checkpoint loaded in a fresh process (`fxprune.hf.from_pretrained` for per-layer "
+                "widths, plain transformers for stock ones), compared bit for bit at batch 3. Torch-Pruning: "
+                "`MagnitudePruner` (L2, global, `num_heads` hints, `prune_num_heads=True`), stopped after "
+                f"{args.tp_cap:.0f} s (it loops on the GQA configs); *TP runs*: the pruned model runs; *TP save "
+                "+ load*: `save_pretrained` + `from_pretrained` (it does not update the config).\n\n"
+                f"{table}\n")
     return 1 if bad else 0
 
 

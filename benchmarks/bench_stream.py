@@ -271,19 +271,19 @@ def main(argv=None) -> int:
     speeds = disk_throughput(args.cache, 0.25 if args.smoke else 4)
     print(f"disk: write {speeds[0] / 1e6:.0f} MB/s, read {speeds[1] / 1e6:.0f} MB/s; load average {load:.1f}",
           file=sys.stderr, flush=True)
-    text = [f"# Streamed pruning (`python benchmarks/bench_stream.py`), {time.strftime('%Y-%m-%d')}", "",
+    text = [f"## Streamed pruning (`python benchmarks/bench_stream.py`), {time.strftime('%Y-%m-%d')}", "",
             f"Disk (same file system, 4 GiB sequential): write {speeds[0] / 1e6:.0f} MB/s, read "
             f"{speeds[1] / 1e6:.0f} MB/s. Load average at start {load:.1f} (2 shared cores, "
             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM).", ""]
     try:
         if "7b" in parts:
             rows = part_7b(args.cache, speeds)
-            text += ["## 7B, magnitude", "", tabulate(rows, tablefmt="github", headers=[
+            text += ["### 7B, magnitude", "", tabulate(rows, tablefmt="github", headers=[
                 "run", "checkpoint GB", "wall s", "floor s", "wall / floor", "peak RSS GiB", "tensor reads",
                 "read GB", "written GB", "floor of actual bytes s", "config matches shapes", "config"]), ""]
         if "1b" in parts:
             rows = part_1b(args.cache, speeds, not args.no_tp)
-            text += ["## 1.1B, magnitude and calibrated", "", tabulate(rows, tablefmt="github", headers=[
+            text += ["### 1.1B, magnitude and calibrated", "", tabulate(rows, tablefmt="github", headers=[
                 "run", "checkpoint GB", "wall s", "peak RSS GiB", "peak / checkpoint", "read GB", "written GB",
                 "note"]), ""]
     finally:

@@ -448,7 +448,7 @@ def collected() -> str:
             continue
         with open(path) as f:
             body = f.read().strip().splitlines()
-        body = [("##" + line) if line.startswith("#") else line for line in body]  # demote its headings
+        body = [("#" + line) if line.startswith("#") else line for line in body]  # demote its headings
         body = [line.replace("](quality_lm.png)", "](benchmarks/quality_lm.png)") for line in body]
         parts += ["", *body]
     return "\n".join(parts) + "\n"
