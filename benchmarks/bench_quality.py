@@ -257,7 +257,7 @@ def lm_table(rows: list, dense: float, fractions: list) -> tuple:
         by.setdefault(_label(name, method), {}).setdefault(f, []).append((loss, kept))
     means = {k: {f: statistics.fmean(x[0] for x in v) for f, v in d.items()} for k, d in by.items()}
     head = "| method | " + " | ".join(f"{f:.0%} removed: loss (Δ)" for f in fractions) + " |"
-    lines = [head, "|" + " --- |" * (len(fractions) + 1), f"| dense | " + " | ".join(f"{dense:.3f}" for _ in fractions) + " |"]
+    lines = [head, "|" + " --- |" * (len(fractions) + 1), "| dense | " + " | ".join(f"{dense:.3f}" for _ in fractions) + " |"]
     for label, d in by.items():
         cells = []
         for f in fractions:

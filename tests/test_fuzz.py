@@ -48,7 +48,8 @@ def test_generated_models_run_and_cover_every_op_family():
 
 def _linear_forgets_bias(ctx):
     """A planted bug: nn.Linear's bias is not tied to its output features."""
-    x, w, b = ctx.tensor(0, "input"), ctx.module_param("weight"), ctx.module_param("bias")
+    x, w = ctx.tensor(0, "input"), ctx.module_param("weight")
+    ctx.module_param("bias")  # read (so the call is not pinned as unread), but never tied: the bug
     ctx.unify(x.dims[-1], w.dims[1])
     ctx.contract(w, 1)
     return ctx.result((*x.dims[:-1], w.dims[0]))

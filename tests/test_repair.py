@@ -192,7 +192,6 @@ def test_inplace_lands_in_the_users_modules():
 
 
 def test_inplace_without_a_bias_slot_skips_and_says_so():
-    removed = [2, 3]
     torch.manual_seed(0)
     m = MatmulHead("linear").to(D).eval()
     xs = gen_data()
