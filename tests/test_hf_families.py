@@ -78,7 +78,8 @@ def _check_round_trips(saved, cases) -> None:
     rows = _fresh_process([i["path"] for i in infos])
     for info in infos:
         row = rows[info["path"]]
-        assert "error" not in row and row["equal"], row
+        assert "error" not in row, f"{info['path']}: {row['error']}"
+        assert row["equal"], row
         if info["per_layer"]:
             assert row["loader"] == "fxprune.hf.from_pretrained"
             assert "does not recognize this architecture" in row["plain_refuses"], row
