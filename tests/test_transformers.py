@@ -12,7 +12,6 @@ import copy
 import math
 import os
 import sys
-import time
 
 import pytest
 import torch
@@ -289,13 +288,12 @@ def test_swin_captures_in_seconds_with_heads_prunable():
                        num_labels=5)
     m = T.SwinForImageClassification(cfg).eval()
     px = lambda b: dict(pixel_values=torch.randn(b, 3, 32, 32))  # noqa: E731
-    start = time.perf_counter()
     dg, _ = check(m, px(1), px(3))
-    assert "pixel_values[0]; other dims static" in dg.front_end, dg.front_end  # image sizes stay static
+    # image sizes stay static: automatic dynamic shapes on them took minutes of torch.export (issue 15)
+    assert "pixel_values[0]; other dims static" in dg.front_end, dg.front_end
     a = "swin.encoder.layers.1.blocks.0.attention"
     heads = group_with(dg, f"{a}.relative_position_bias.relative_position_bias_table", 1, 4)
     assert (f"{a}.q_proj.weight", 0) in heads.members
-    assert time.perf_counter() - start < 120  # not a benchmark: automatic dynamic image sizes took minutes
 
 
 # -- in place: attributes synced per module type, a failure restores everything ----------------------------
