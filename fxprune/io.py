@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_map
 
-from .capture.modes import eval_copy, refuse_train, train_refusal
+from .capture.modes import eval_copy, on_meta, refuse_train, train_refusal
 from .errors import SaveError
 
 __all__ = ["save", "load", "atomic_write"]
@@ -172,7 +172,7 @@ def save(model: nn.Module, path, example_inputs=None, example_kwargs: Optional[d
     """
     if format not in ("auto", "pt2", "pickle"):
         raise ValueError(f"format must be 'auto', 'pt2' or 'pickle', got {format!r}")
-    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+    if on_meta(model):
         raise SaveError(f"{type(model).__name__} is on the meta device: its tensors have no values to save")
     export_error = None
     if format in ("auto", "pt2"):

@@ -21,7 +21,7 @@ from fxprune.passes.rewrite import plant
 
 from ..checks.compare import plain_outputs, relative_error
 from ..errors import CaptureError, ExampleInputError
-from .modes import EXPORT_FROZEN, eval_copy, mode_difference, reads_training, train_refusal
+from .modes import EXPORT_FROZEN, eval_copy, mode_difference, on_meta, reads_training, train_refusal
 
 __all__ = ["capture", "Captured", "capture_exported"]
 
@@ -406,12 +406,6 @@ def _checked_trace(model: nn.Module, inputs: tuple, leaves: Iterable) -> Capture
     return Captured(gm, "torch.fx.symbolic_trace", inputs, train_refused=refused)
 
 
-def _on_meta(model: nn.Module, inputs: tuple) -> bool:
-    tensors = [*model.parameters(), *model.buffers(),
-               *(x for x in tree_flatten(inputs)[0] if isinstance(x, torch.Tensor))]
-    return any(t.is_meta for t in tensors)
-
-
 def _run_seeded(fn, inputs: tuple, kwargs: Optional[dict] = None):
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(0)
@@ -428,7 +422,7 @@ def _bad_inputs(model: nn.Module, inputs: tuple, kwargs: dict, e: Exception) -> 
 
 def _refuse_bad_inputs(model: nn.Module, inputs: tuple, kwargs: dict) -> None:
     """Raise :class:`ExampleInputError` if the eager model fails on the example (not on meta)."""
-    if _on_meta(model, (inputs, kwargs)):
+    if on_meta(model, (inputs, kwargs)):
         return
     try:
         _run_seeded(eval_copy(model), inputs, kwargs)
@@ -438,7 +432,7 @@ def _refuse_bad_inputs(model: nn.Module, inputs: tuple, kwargs: dict) -> None:
 
 def _trace_mismatch(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> Optional[str]:
     """Why ``gm`` does not reproduce ``model`` on ``inputs`` (None if it does)."""
-    meta = _on_meta(model, inputs)
+    meta = on_meta(model, inputs)
     try:
         ref = plain_outputs(_run_seeded(model, inputs))
     except Exception as e:

@@ -39,12 +39,13 @@ import difflib
 from collections import OrderedDict
 from typing import Callable, Iterator, Optional
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
 
 from ..errors import TrainModeError
 
-__all__ = ["eval_copy", "reads_training", "mode_difference", "EvalOnlyGraphModule", "refuse_train", "train_refusal",
+__all__ = ["on_meta", "eval_copy", "reads_training", "mode_difference", "EvalOnlyGraphModule", "refuse_train", "train_refusal",
            "training_flags", "restore_flags", "EXPORT_FROZEN"]
 
 REFUSAL_KEY = "fxprune.train_refused"
@@ -52,6 +53,15 @@ EXPORT_FROZEN = ("it was captured by torch.export, whose aten graph freezes ever
                  "(BatchNorm uses its running statistics, dropout is off)")
 _FIX = ("Fix: to fine-tune, prune the model itself in place (fxprune.apply(dg, keep, inplace=True)), or make "
         "the forward traceable by torch.fx.symbolic_trace without reading self.training (use nn.Dropout modules instead of F.dropout(x, p, self.training)).")
+
+
+def on_meta(model: nn.Module, inputs=()) -> bool:
+    """Whether a parameter or buffer of ``model``, or a tensor anywhere in ``inputs``, is on the meta
+    device: there are no values to run, score, check or save."""
+    from torch.utils._pytree import tree_flatten
+
+    tensors = [*model.parameters(), *model.buffers(), *tree_flatten(inputs)[0]]
+    return any(isinstance(t, torch.Tensor) and t.is_meta for t in tensors)
 
 
 def eval_copy(model: nn.Module, training: bool = False) -> nn.Module:

@@ -34,6 +34,7 @@ from torch.utils._pytree import tree_map
 
 from fxprune.passes import fold_registry, rewrite_graph, runnable
 
+from ..capture.modes import on_meta
 from ..errors import OracleMismatchError
 from .precision import cast_value, promote_casts
 from .compare import plain_outputs, relative_error
@@ -128,10 +129,6 @@ def _inputs(dg) -> tuple:
     return tuple(x for i, x in enumerate(dg.example_args) if i not in lifted), dict(dg.example_kwargs)
 
 
-def _on_meta(gm: nn.Module, args: tuple) -> bool:
-    return any(t.is_meta for t in _tensors(gm)) or any(isinstance(x, torch.Tensor) and x.is_meta for x in args)
-
-
 @torch.no_grad()
 def _fold_error(dg, args: tuple, kwargs: dict) -> float:
     """A folded graph against the model itself (blocks folded together must really be alike)."""
@@ -163,7 +160,7 @@ def certify(dg, *, seed: int = 0, max_bytes: Optional[int] = None, raise_on_mism
     start = time.perf_counter()
     args, kwargs = _inputs(dg)
     groups, coords = len(dg.groups), sum(g.size for g in dg.groups)
-    if _on_meta(dg.gm, args):
+    if on_meta(dg.gm, args):
         return Certificate("permutation", "none", 0.0, 0.0, 0.0, groups, coords,
                            "the model is on the meta device: its tensors carry no values")
     notes = []

@@ -17,10 +17,11 @@ from typing import Iterable, Optional
 import torch
 import torch.nn as nn
 from tabulate import tabulate
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_map
 
 from fxprune.passes import fold_registry, get_channel_meta, rewrite_graph, runnable
 
+from ..capture.modes import on_meta
 from ..errors import MetaDeviceError, OracleMismatchError
 from .compare import relative_error
 from .precision import cast_value, promote_casts
@@ -112,9 +113,7 @@ def _numel(m: nn.Module) -> int:
 
 
 def _refuse_meta(model: nn.Module, example_inputs) -> None:
-    tensors = [*model.parameters(), *model.buffers(),
-               *(x for x in tree_flatten(example_inputs)[0] if isinstance(x, torch.Tensor))]
-    if any(t.is_meta for t in tensors):
+    if on_meta(model, example_inputs):
         raise MetaDeviceError(
             f"verify runs {type(model).__name__} on numbers, but its tensors (or the example inputs) are on the "
             "meta device and carry no values. fxprune.analyze works on meta models; to verify, materialize the "

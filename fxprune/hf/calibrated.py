@@ -32,6 +32,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ..calib.pipeline import needs_calibration
 from .blockwise import BlockRunner
 from .engine import Engine, TensorScores
 from .plan import CheckpointPlan
@@ -45,11 +46,6 @@ MODULE_SITES = {
     "Conv1d": ("conv", 1, 0), "Conv2d": ("conv", 1, 0), "Conv3d": ("conv", 1, 0),
     "Conv1D": ("matmul", 0, 1),  # transformers.pytorch_utils.Conv1D: x @ W + b, W is (in, out)
 }
-
-
-def needs_calibration(crit, repair: Optional[str]) -> bool:
-    """Whether this criterion or repair reads activations."""
-    return repair is not None or getattr(crit, "needs_calibration", False)
 
 
 def _kind(mod: nn.Module) -> Optional[tuple]:

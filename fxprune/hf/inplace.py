@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from .config import SECTION, PrunedConfig, pruned_config
+from .config import SECTION, PrunedConfig, _is_config, pruned_config
 
 __all__ = ["ConfigStep", "is_hf_model"]
 
@@ -41,10 +41,6 @@ def is_hf_model(model) -> bool:
     from transformers import PreTrainedModel
 
     return isinstance(model, PreTrainedModel)
-
-
-def _is_config(v) -> bool:
-    return hasattr(v, "to_json_string") and hasattr(v, "model_type")
 
 
 def _live_configs(model: nn.Module) -> list:

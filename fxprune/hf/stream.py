@@ -283,14 +283,14 @@ def run_cli(args, cfg: PruneConfig, say) -> tuple:
     if cfg.uniform and cfg.scope == "global":
         raise ValueError("--uniform keeps one width per class of layers; a streamed run gets that from local "
                          "ratios: drop --scope global")
-    data = None
-    if getattr(args, "calib", 0):  # fxprune.calib's --calib N: random token ids, 128 per sequence
-        gen = torch.Generator().manual_seed(args.seed)
-        vocab = int(getattr(plan_config(path), "vocab_size", 2))
-        data = [torch.randint(0, vocab, (1, 128), generator=gen) for _ in range(args.calib)]
     _check_out(path, out)
     say(f"planning {path} on the meta device (config.json, tensor headers)")
     plan = plan_checkpoint(path)
+    data = None
+    if getattr(args, "calib", 0):  # fxprune.calib's --calib N: random token ids, 128 per sequence
+        gen = torch.Generator().manual_seed(args.seed)
+        vocab = int(getattr(plan.config, "vocab_size", 2))
+        data = [torch.randint(0, vocab, (1, 128), generator=gen) for _ in range(args.calib)]
     say(f"{len(plan.dg.groups)} groups; streaming {len(plan.checkpoint.tensors)} tensors "
         f"({plan.checkpoint.nbytes / 2**30:.2f} GiB) into {out}")
     res = prune_checkpoint(path, out, cfg, plan=plan, data=data, repair=getattr(args, "repair", None),
@@ -298,12 +298,6 @@ def run_cli(args, cfg: PruneConfig, say) -> tuple:
     if not args.quiet:
         print(describe(res))
     return res.summary(), 0
-
-
-def plan_config(path: str):
-    """The config of the checkpoint at ``path``."""
-    from .plan import _import_transformers
-    return _import_transformers().AutoConfig.from_pretrained(path)
 
 
 def describe(res: StreamResult) -> str:

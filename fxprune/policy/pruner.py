@@ -32,6 +32,7 @@ from fxprune.passes import runnable
 
 from ..api import analyze, apply, name_list
 from ..calib import REPAIRS, calibrate
+from ..capture.modes import on_meta
 from ..calib.pipeline import calibration_for, needs_calibration, repair_plan
 from ..calib.allocation import coordinate_costs
 from ..errors import MetaDeviceError
@@ -305,7 +306,7 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
 
 
 def _refuse_meta(model: nn.Module, crit) -> None:
-    if isinstance(crit, Random) or not any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+    if isinstance(crit, Random) or not on_meta(model):
         return
     raise MetaDeviceError(
         f"{type(model).__name__}'s parameters are on the meta device and carry no values, so the importance "

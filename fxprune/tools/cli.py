@@ -160,13 +160,6 @@ class _Progress:
             print(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def _si(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:g}"
-
-
 # -- step 0: options ------------------------------------------------------------------------------
 
 def _config(args):
@@ -338,7 +331,7 @@ def _plain_calibration(args, crit, m: _Loaded):
 
 def _report(args, m: _Loaded, dg, res: _Pruned, t_analyze: float, cfg, say) -> tuple:
     from .. import count_macs, count_params, latency, verify
-    from .report import print_tables
+    from .report import print_tables, si
     kw = m.kwargs
     counts = (count_params(m.model), count_macs(m.model, m.args, kw), count_params(res.model),
               count_macs(res.model, m.args, kw))
@@ -358,7 +351,7 @@ def _report(args, m: _Loaded, dg, res: _Pruned, t_analyze: float, cfg, say) -> t
     lat_s = f", latency {lat[0]:.2f} -> {lat[1]:.2f} ms" if lat else ""
     p0, macs0, p1, macs1 = counts
     summary = (f"{m.label}: {len(dg.groups)} groups, params {p0} -> {p1} ({p1 / p0:.1%}), "
-               f"MACs {_si(macs0)} -> {_si(macs1)}{lat_s}, oracles {status}")
+               f"MACs {si(macs0)} -> {si(macs1)}{lat_s}, oracles {status}")
     return summary, (EXIT_OK if passed else EXIT_MISMATCH)
 
 

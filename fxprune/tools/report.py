@@ -7,7 +7,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..capture.modes import eval_copy
 
-__all__ = ["print_tables", "output_shapes"]
+__all__ = ["print_tables", "output_shapes", "si"]
 
 
 def output_shapes(model, args: tuple, kwargs: dict) -> list:
@@ -21,7 +21,8 @@ def _short(shapes: list) -> str:
     return str(shapes[0]) if len(shapes) == 1 else f"{len(shapes)} tensors"
 
 
-def _si(n: float) -> str:
+def si(n: float) -> str:
+    """``n`` with a k/M/G suffix (2 decimals), as the CLI prints counts."""
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= div:
             return f"{n / div:.2f}{unit}"
@@ -30,7 +31,7 @@ def _si(n: float) -> str:
 
 def _how(cfg, importance: str) -> str:
     if cfg.target_macs or cfg.target_params:
-        how = f"to {_si(cfg.target_macs or cfg.target_params)} {'MACs' if cfg.target_macs else 'params'}"
+        how = f"to {si(cfg.target_macs or cfg.target_params)} {'MACs' if cfg.target_macs else 'params'}"
     elif cfg.scope == "local":
         how = f"{cfg.ratio:.0%} of every group"
     else:
