@@ -164,6 +164,38 @@ def test_counting_pruning_and_timing_do_not_touch_a_train_mode_model():
     assert all(m.training for m in model.modules())
 
 
+class CountingNorm(nn.Module):
+    """timm's BatchNormAct2d: a traced (non-leaf) forward that counts batches in training mode."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(c))
+        self.register_buffer("num_batches_tracked", torch.tensor(0))
+
+    def forward(self, x):
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return x * self.weight[:, None, None]
+
+
+class CountingNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.norm, self.b = nn.Conv2d(3, 8, 3), CountingNorm(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(self.norm(self.a(x)))
+
+
+def test_the_train_mode_retrace_writes_no_buffer_of_the_model():
+    model = CountingNet().eval()  # found on timm's ghostnet_100: analyze moved num_batches_tracked 0 -> 1
+    state = _state(model)
+    fxprune.analyze(model, X)  # the forward reads training: retraced in train mode to compare
+    assert _same_state(model, state) and int(model.norm.num_batches_tracked) == 0
+    fxprune.prune(model, X, ratio=0.5)
+    assert _same_state(model, state)
+
+
 def test_gradient_statistics_flip_no_flag_even_for_a_moment():
     model = ConvBNDrop().train()
     state, seen = _state(model), []

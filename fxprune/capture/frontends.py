@@ -402,7 +402,8 @@ def _checked_trace(model: nn.Module, inputs: tuple, leaves: Iterable) -> Capture
         raise _WrongTrace(f"torch.fx.symbolic_trace recorded a graph that does not compute what "
                           f"{type(model).__name__} computes on the example inputs: {problem}", problem)
     reads = gm.meta.pop("fxprune.training_reads", None)
-    refused = None if reads == [] else mode_difference(gm, lambda: _trace(eval_copy(model, training=True), leaves))
+    retrace = lambda: _trace(eval_copy(model, training=True, own_buffers=True), leaves)  # noqa: E731
+    refused = None if reads == [] else mode_difference(gm, retrace)
     return Captured(gm, "torch.fx.symbolic_trace", inputs, train_refused=refused)
 
 

@@ -64,12 +64,15 @@ def on_meta(model: nn.Module, inputs=()) -> bool:
     return any(isinstance(t, torch.Tensor) and t.is_meta for t in tensors)
 
 
-def eval_copy(model: nn.Module, training: bool = False) -> nn.Module:
+def eval_copy(model: nn.Module, training: bool = False, own_buffers: bool = False) -> nn.Module:
     """A structural copy of ``model`` whose every module has ``training`` set as given.
 
     Modules are copied shallowly (own ``_modules``, ``_parameters``, ``_buffers`` and hook
     dicts); tensors are shared, so the copy costs no tensor memory. Shared submodules stay
     shared. Flipping the copy's flags, or registering hooks on it, never touches ``model``.
+    ``own_buffers`` clones the buffers too, for a copy whose forward may run in training mode:
+    a traced forward executes in-place updates of plain tensor attributes (timm's
+    ``BatchNormAct2d`` counts ``num_batches_tracked`` in Python), which must not reach ``model``.
     """
     memo: dict = {}
 
@@ -83,6 +86,8 @@ def eval_copy(model: nn.Module, training: bool = False) -> nn.Module:
             if k.startswith("_") and type(v) in (dict, OrderedDict, set, list):
                 state[k] = type(v)(v)
         state["_modules"] = {k: None if c is None else clone(c) for k, c in m._modules.items()}
+        if own_buffers:
+            state["_buffers"] = {k: None if b is None else b.clone() for k, b in m._buffers.items()}
         state["training"] = training
         state.pop("train", None), state.pop("eval", None)  # torch.export's refusing overrides
         new.__dict__ = state
