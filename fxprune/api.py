@@ -7,7 +7,7 @@ from typing import Iterable, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
-from fxprune.passes import InvalidKeepError, RuleBugError, ShapePropagationError, analyze_graph, keep_indices, rewrite_graph
+from fxprune.passes import InvalidKeepError, RuleBugError, ShapePropagationError, analyze_graph, keep_indices, keys, rewrite_graph
 
 from .capture import capture
 from .capture.frontends import capture_exported
@@ -220,7 +220,7 @@ def _set_modes(dg: DependencyGraph, pruned) -> None:
     """The original's training flags where the graph can train; eval-only where it cannot. Also
     the example the graph was captured with, for :func:`fxprune.save`."""
     lifted = set(dg.lifted)
-    pruned.meta["fxprune.example"] = (tuple(x for i, x in enumerate(dg.example_args) if i not in lifted),
+    pruned.meta[keys.EXAMPLE] = (tuple(x for i, x in enumerate(dg.example_args) if i not in lifted),
                                       dict(dg.example_kwargs))
     if getattr(dg, "train_refused", None):
         refuse_train(pruned, dg.train_refused)

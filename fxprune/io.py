@@ -36,21 +36,23 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_map
 
+from fxprune.passes import keys
+
 from .capture.modes import eval_copy, on_meta, refuse_train, train_refusal
 from .errors import SaveError
 
 __all__ = ["save", "load", "atomic_write"]
 
-_EXTRA = "fxprune.json"
-_PICKLE_KEY = "fxprune_pickled_model"
-_USER_PREFIX = "_fxprune_user_"  # modules fxprune.tools.zoo imports from path/to/file.py
+_EXTRA = keys.SAVED_EXTRA
+_PICKLE_KEY = keys.SAVED_PICKLE
+_USER_PREFIX = keys.USER_MODULE_PREFIX  # modules fxprune.tools.zoo imports from path/to/file.py
 _LOADED_PT2 = ("it was loaded from a .pt2 file: an exported graph of the model in eval mode (save with "
                "format='pickle' to keep a model that trains)")
 
 
 def _example(model: nn.Module, example_inputs, example_kwargs) -> tuple:
     if example_inputs is None:
-        recorded = getattr(model, "meta", {}).get("fxprune.example") if isinstance(getattr(model, "meta", None),
+        recorded = getattr(model, "meta", {}).get(keys.EXAMPLE) if isinstance(getattr(model, "meta", None),
                                                                                   dict) else None
         if recorded is None:
             raise ValueError("fxprune.save needs example_inputs (a tuple of positional inputs) to export the model; "
@@ -104,7 +106,7 @@ def _export(model: nn.Module, args: tuple, kwargs: dict) -> tuple:
 
 
 def _meta_json(model: nn.Module, shapes: str) -> str:
-    cert = getattr(model, "fxprune_certificate", None)
+    cert = getattr(model, keys.CERTIFICATE_ATTR, None)
     return json.dumps({"format": 1, "shapes": shapes, "train_refused": train_refusal(model),
                        "certificate": None if cert is None else str(cert)})
 

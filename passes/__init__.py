@@ -19,6 +19,7 @@ Example::
     >>> pruned(torch.randn(3, 4)).shape
     torch.Size([3, 2])
 """
+from . import keys  # noqa: F401  (the metadata key constants)
 from . import rules  # noqa: F401  (registers the rule table)
 from . import blocks  # noqa: F401  (registers the folded_block rule)
 from .analysis import AnalysisResult, analyze_block, analyze_graph, meta_clone
@@ -40,5 +41,5 @@ __all__ = [
     "FOLDS_KEY", "FoldRegistry", "FoldSite", "fold_registry",
     "PassError", "ShapePropagationError", "MissingAnalysisError", "InvalidKeepError", "RuleBugError",
     "strict", "is_strict", "graph_atoms", "validate_keep", "keep_indices",
-    "method", "register",
+    "method", "register", "keys",
 ]

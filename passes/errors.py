@@ -22,6 +22,8 @@ import contextvars
 import os
 from typing import Iterator, Optional
 
+from . import keys
+
 __all__ = ["PassError", "ShapePropagationError", "MissingAnalysisError", "InvalidKeepError", "RuleBugError",
            "strict", "is_strict"]
 
@@ -46,7 +48,7 @@ class RuleBugError(PassError, RuntimeError):
     """In strict mode: a rule raised something other than ``RuleError`` (Note [Strict mode])."""
 
 
-_STRICT: contextvars.ContextVar = contextvars.ContextVar("fxprune_strict", default=None)
+_STRICT: contextvars.ContextVar = contextvars.ContextVar(keys.STRICT_VAR, default=None)
 
 
 @contextlib.contextmanager

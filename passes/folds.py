@@ -17,10 +17,12 @@ from typing import Any, Optional
 
 import torch.fx as fx
 
+from . import keys
+
 __all__ = ["FOLDS_KEY", "BlockAtom", "BlockParam", "BlockSummary", "FoldInfo", "FoldRegistry", "FoldSite",
            "TensorSlot", "TENSOR", "fold_registry"]
 
-FOLDS_KEY = "fxprune_folds"
+FOLDS_KEY = keys.FOLDS
 
 
 class _Shared:

@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import torch.fx as fx
 
+from . import keys
 from .errors import MissingAnalysisError
 from .layout import Layout
 
@@ -27,7 +28,7 @@ __all__ = [
     "CONSUMES",
 ]
 
-META_KEY = "fxprune"
+META_KEY = keys.META
 PRODUCES, CONSUMES = "produces", "consumes"
 
 

@@ -43,6 +43,8 @@ import torch.fx as fx
 import torch.nn as nn
 from tabulate import tabulate
 
+from fxprune.passes import keys
+
 from . import adapter
 from .collect import Calibration
 from .criteria import DAMPING, ridge
@@ -51,7 +53,7 @@ from .sites import COMPUTED, Site, as_matrix, from_matrix, getattr_path
 __all__ = ["REPAIRS", "LayerRepair", "RepairReport", "RepairPlan", "plan_repair", "repair", "repair_report"]
 
 REPAIRS = ("bias", "lstsq")
-REPORT_KEY = "fxprune_repair"
+REPORT_KEY = keys.REPAIR
 
 
 @dataclass

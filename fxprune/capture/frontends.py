@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from torch.utils._pytree import tree_flatten, tree_map
 
+from fxprune.passes import keys
 from fxprune.passes.rewrite import plant
 
 from ..checks.compare import plain_outputs, relative_error
@@ -84,7 +85,7 @@ def _trace(model: nn.Module, leaves: Iterable, watch: Optional[nn.Module] = None
         ) from e
     name = model.__class__.__name__
     gm = fx.GraphModule(tracer.root, graph, name)
-    gm.meta["fxprune.training_reads"] = getattr(tracer, "training_reads", None)
+    gm.meta[keys.TRAINING_READS] = getattr(tracer, "training_reads", None)
     return gm
 
 
@@ -318,7 +319,7 @@ def _export(model: nn.Module, args: tuple, kwargs: dict) -> Captured:
     if note:
         how = how[:-1] + f"; {note})"
     cap = _from_exported(ep, big_args, big_kwargs, how)
-    cap.gm.meta["fxprune_capture_kwargs"] = {"use_cache": False} if note else {}
+    cap.gm.meta[keys.CAPTURE_KWARGS] = {"use_cache": False} if note else {}
     return cap
 
 
@@ -401,7 +402,7 @@ def _checked_trace(model: nn.Module, inputs: tuple, leaves: Iterable) -> Capture
     if problem is not None:
         raise _WrongTrace(f"torch.fx.symbolic_trace recorded a graph that does not compute what "
                           f"{type(model).__name__} computes on the example inputs: {problem}", problem)
-    reads = gm.meta.pop("fxprune.training_reads", None)
+    reads = gm.meta.pop(keys.TRAINING_READS, None)
     retrace = lambda: _trace(eval_copy(model, training=True, own_buffers=True), leaves)  # noqa: E731
     refused = None if reads == [] else mode_difference(gm, retrace)
     return Captured(gm, "torch.fx.symbolic_trace", inputs, train_refused=refused)

@@ -43,12 +43,14 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from fxprune.passes import keys
+
 from ..errors import TrainModeError
 
 __all__ = ["on_meta", "eval_copy", "reads_training", "mode_difference", "EvalOnlyGraphModule", "refuse_train", "train_refusal",
            "training_flags", "restore_flags", "EXPORT_FROZEN"]
 
-REFUSAL_KEY = "fxprune.train_refused"
+REFUSAL_KEY = keys.TRAIN_REFUSED
 EXPORT_FROZEN = ("it was captured by torch.export, whose aten graph freezes every mode-dependent op in eval mode "
                  "(BatchNorm uses its running statistics, dropout is off)")
 _FIX = ("Fix: to fine-tune, prune the model itself in place (fxprune.apply(dg, keep, inplace=True)), or make "
@@ -102,7 +104,7 @@ _WATCHED: dict = {}  # class -> its subclass whose ``training`` is a property th
 def _watched_class(cls: type) -> type:
     if cls not in _WATCHED:
         def get(self):
-            self.__dict__.get("_fxprune_training_log", []).append(type(self).__mro__[1])
+            self.__dict__.get(keys.TRAINING_LOG_ATTR, []).append(type(self).__mro__[1])
             return self.__dict__["training"]
 
         def put(self, value):
@@ -123,7 +125,7 @@ def reads_training(copy_: nn.Module) -> Iterator[Optional[list]]:
         for m in copy_.modules():
             cls = type(m)
             m.__class__ = _watched_class(cls)
-            m.__dict__["_fxprune_training_log"] = log
+            m.__dict__[keys.TRAINING_LOG_ATTR] = log
             swapped.append((m, cls))
     except Exception:  # a class whose layout or metaclass does not allow it
         log = None
@@ -132,7 +134,7 @@ def reads_training(copy_: nn.Module) -> Iterator[Optional[list]]:
     finally:
         for m, cls in swapped:
             m.__class__ = cls
-            m.__dict__.pop("_fxprune_training_log", None)
+            m.__dict__.pop(keys.TRAINING_LOG_ATTR, None)
 
 
 def _code(gm: fx.GraphModule) -> list:

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_map
 
-from fxprune.passes import fold_registry, rewrite_graph, runnable
+from fxprune.passes import fold_registry, keys, rewrite_graph, runnable
 
 from ..capture.modes import on_meta
 from ..errors import OracleMismatchError
@@ -41,7 +41,7 @@ from .compare import plain_outputs, relative_error
 
 __all__ = ["Certificate", "certify", "attach", "CERTIFICATE_KEY", "FLOAT32_RTOL", "FLOAT64_RTOL"]
 
-CERTIFICATE_KEY = "fxprune.certificate"
+CERTIFICATE_KEY = keys.CERTIFICATE
 FLOAT64_RTOL, FLOAT32_RTOL, HALF_RTOL = 1e-9, 1e-3, 5e-2
 
 
@@ -201,4 +201,4 @@ def attach(model: nn.Module, cert: Certificate) -> None:
     meta = getattr(model, "meta", None)
     if isinstance(meta, dict):
         meta[CERTIFICATE_KEY] = cert
-    model.__dict__["fxprune_certificate"] = cert
+    model.__dict__[keys.CERTIFICATE_ATTR] = cert

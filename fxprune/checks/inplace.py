@@ -34,7 +34,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.utils._pytree import tree_flatten
 
-from fxprune.passes import get_channel_meta
+from fxprune.passes import get_channel_meta, keys
 
 from ..errors import FxPruneError
 from .attr_sync import GraphArgs, SyncPlan, apply_sync, plan_sync
@@ -160,7 +160,7 @@ def _check(model: nn.Module, dg, pruned: fx.GraphModule, rtol: Optional[float], 
     """None if the eager model (and what each step checks) computes what the pruned graph computes on the
     example, else why not."""
     args, kwargs = dg.example_args, dict(dg.example_kwargs)
-    capture_kwargs = dg.gm.meta.get("fxprune_capture_kwargs", {})  # e.g. use_cache=False
+    capture_kwargs = dg.gm.meta.get(keys.CAPTURE_KWARGS, {})  # e.g. use_cache=False
     with _without_side_effects(model, pruned):
         try:
             graph = pruned(*args, **kwargs)

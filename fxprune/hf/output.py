@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from fxprune.passes import keys
+
 __all__ = ["Written", "write_checkpoint", "write_config", "prunes_in_place", "write_outputs"]
 
 
@@ -110,7 +112,7 @@ def write_outputs(args, before: nn.Module, pruned: nn.Module, inplace: bool, kwa
     else:
         say(f"writing {args.out} and loading it back")
         written = write_checkpoint(pruned, args.out, kwargs)
-        ex = getattr(pruned, "fxprune_expressible", None)
+        ex = getattr(pruned, keys.EXPRESSIBLE_ATTR, None)
         if not args.quiet and not args.no_tables:
             print(("\n" + ex.report()) if ex is not None else "")
             print("\nper-layer widths (before -> after):\n" + widths_table(before, pruned))

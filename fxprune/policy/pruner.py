@@ -28,7 +28,7 @@ import torch.fx as fx
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from fxprune.passes import runnable
+from fxprune.passes import keys, runnable
 
 from ..api import analyze, apply, name_list
 from ..calib import REPAIRS, calibrate
@@ -301,8 +301,8 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
     fix = repair_plan(dg, keep, cal, cfg.repair, inplace)
     model = apply(dg, keep, check=check, inplace=inplace, repair=fix)
     if only is not None:
-        model.__dict__["fxprune_expressible"] = only
-    return PruneStep(model, keep, target, getattr(model, "fxprune_certificate", None), only)
+        model.__dict__[keys.EXPRESSIBLE_ATTR] = only
+    return PruneStep(model, keep, target, getattr(model, keys.CERTIFICATE_ATTR, None), only)
 
 
 def _refuse_meta(model: nn.Module, crit) -> None:

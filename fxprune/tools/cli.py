@@ -283,6 +283,8 @@ class _Pruned:
 
 
 def _prune(args, m: _Loaded, dg, cfg, say) -> _Pruned:
+    from fxprune.passes import keys
+
     from .. import prune, prune_step
     from ..hf.output import prunes_in_place
     from ..policy.counting import count_params
@@ -299,7 +301,7 @@ def _prune(args, m: _Loaded, dg, cfg, say) -> _Pruned:
         model = step.model if step else prune(model, m.args, cfg, example_kwargs=m.kwargs, data=data, check=check,
                                                progress=say.bars, inplace=True)
         return _Pruned(model, step.keep if step else None, time.perf_counter() - t,
-                       getattr(model, "fxprune_certificate", None), inplace=True)
+                       getattr(model, keys.CERTIFICATE_ATTR, None), inplace=True)
     if cfg.iterative_steps == 1:
         what = (f"searching the ratio that reaches {'MACs' if cfg.target_macs else 'params'} "
                 f"{cfg.target_macs or cfg.target_params:g}" if cfg.target_macs or cfg.target_params else "selecting")
@@ -314,7 +316,7 @@ def _prune(args, m: _Loaded, dg, cfg, say) -> _Pruned:
             say(f"pruning step {k + 1}/{n} ({count_params(pruned) / params0:.1%} params left)")
     pruned = prune(m.model, m.args, cfg, example_kwargs=m.kwargs, data=data, callback=step, check=check,
                    progress=say.bars)
-    return _Pruned(pruned, None, time.perf_counter() - t, getattr(pruned, "fxprune_certificate", None))
+    return _Pruned(pruned, None, time.perf_counter() - t, getattr(pruned, keys.CERTIFICATE_ATTR, None))
 
 
 def _plain_calibration(args, crit, m: _Loaded):

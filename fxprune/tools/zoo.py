@@ -25,6 +25,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from fxprune.passes import keys
+
 __all__ = ["SpecError", "MissingPackageError", "Loaded", "load_model", "parse_shape", "torchvision_kwargs",
            "import_torchvision"]
 
@@ -103,7 +105,7 @@ def _from_file(spec: str) -> tuple:
     path, _, factory = spec.rpartition(":")
     if not os.path.isfile(path):
         raise SpecError(f"model file {path!r} does not exist")
-    name = "_fxprune_user_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+    name = keys.USER_MODULE_PREFIX + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
     mod_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(mod_spec)
     sys.modules[name] = module  # so the pruned GraphModule can reference classes defined there
