@@ -95,12 +95,10 @@ def analyze(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = N
         cap = capture_exported(model, inputs, example_kwargs, CaptureError(f"symbolic_trace: {why}"))
         cap.front_end += f" (symbolic_trace was not used: {why})"
         result = analyze_graph(cap.gm, cap.inputs)
-    dg = DependencyGraph(result, cap.front_end, type(model).__name__, cap.lifted)
-    dg.example_args, dg.example_kwargs = inputs, dict(example_kwargs or {})
-    dg.model = model
-    dg.train_refused = cap.train_refused  # Note [Training mode] in fxprune/capture/modes.py
-    dg.training_flags = training_flags(model) if isinstance(model, nn.Module) else {}
-    return dg
+    return DependencyGraph(result, cap.front_end, type(model).__name__, cap.lifted, example_args=inputs,
+                           example_kwargs=example_kwargs, model=model,
+                           train_refused=cap.train_refused,  # Note [Training mode] in fxprune/capture/modes.py
+                           training_flags=training_flags(model) if isinstance(model, nn.Module) else {})
 
 
 def _capture(model, inputs: tuple, leaves: list, kwargs: Optional[dict], fold: bool):
@@ -210,7 +208,7 @@ def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False, check: b
 
 def certificate(dg: DependencyGraph):
     """The permutation oracle's :class:`~fxprune.checks.Certificate` for ``dg``, computed once."""
-    cert = getattr(dg, "_certificate", None)
+    cert = dg._certificate
     if cert is None:
         cert = dg._certificate = certify(dg)
     return cert
@@ -222,10 +220,10 @@ def _set_modes(dg: DependencyGraph, pruned) -> None:
     lifted = set(dg.lifted)
     pruned.meta[keys.EXAMPLE] = (tuple(x for i, x in enumerate(dg.example_args) if i not in lifted),
                                       dict(dg.example_kwargs))
-    if getattr(dg, "train_refused", None):
+    if dg.train_refused:
         refuse_train(pruned, dg.train_refused)
-        if getattr(dg, "training_flags", {}).get(""):
+        if dg.training_flags.get(""):
             warnings.warn(f"{dg.source_name} is in train mode, but its pruned graph is returned in eval mode and "
                           f"refuses train(): {dg.train_refused}", stacklevel=3)
     else:
-        restore_flags(pruned, getattr(dg, "training_flags", {}))
+        restore_flags(pruned, dg.training_flags)

@@ -110,11 +110,25 @@ class DependencyGraph:
         groups: the prunable groups, in graph order.
         param_names: every parameter, buffer and tensor constant the graph reads, in graph order.
         front_end: how the graph was captured.
+        source_name: the analysed model's class name.
+        lifted: positions of the graph inputs that are parameters (``torch.compile`` graphs).
+        example_args, example_kwargs: the example inputs the graph was captured with.
+        model: the analysed model (``nn.Module`` or ``fx.GraphModule``), never modified
+            unless in-place pruning is asked for.
+        train_refused: why the graph refuses ``train()`` (Note [Training mode] in
+            ``fxprune/capture/modes.py``), or ``None``.
+        training_flags: the analysed model's ``{qualified name: training}`` at analysis time.
     """
 
-    def __init__(self, result: AnalysisResult, front_end: str, source_name: str, lifted=()):
+    def __init__(self, result: AnalysisResult, front_end: str, source_name: str, lifted=(), *,
+                 example_args: tuple = (), example_kwargs: Optional[dict] = None, model=None,
+                 train_refused: Optional[str] = None, training_flags: Optional[dict] = None):
         self.result, self.gm, self.front_end = result, result.gm, front_end
         self.source_name, self.lifted = source_name, tuple(lifted)
+        self.example_args, self.example_kwargs = tuple(example_args), dict(example_kwargs or {})
+        self.model, self.train_refused = model, train_refused
+        self.training_flags = dict(training_flags or {})
+        self._certificate = None  # the permutation oracle's Certificate, computed once (fxprune.api.certificate)
         self.groups = [
             Group(self, i, a, result.axes.size(a), result.members[a]) for i, a in enumerate(result.group_atoms)
         ]

@@ -197,8 +197,8 @@ def _check_data(data) -> None:
 
 def _run_batches(cal: Calibration, gm: fx.GraphModule, data: Iterable) -> None:
     dg = cal.dg
-    n_args = len(dg.example_args) if hasattr(dg, "example_args") else 1
-    consts = {k: v for k, v in getattr(dg, "example_kwargs", {}).items() if not isinstance(v, torch.Tensor)}
+    n_args = len(dg.example_args)
+    consts = {k: v for k, v in dg.example_kwargs.items() if not isinstance(v, torch.Tensor)}
     for batch in data:
         args, kwargs = batch_inputs(batch, n_args)
         kwargs = {**consts, **kwargs}
@@ -235,7 +235,7 @@ def calibrate(dg, data: Iterable, *, gram: bool = False, groups: Optional[Iterab
         [('2.weight', 32, (8, 8))]
     """
     _check_data(data)
-    if getattr(dg, "lifted", ()):
+    if dg.lifted:
         raise ValueError("this graph takes its parameters as inputs (torch.compile); calibrate the model itself")
     gm = runnable(dg.gm)
     wanted = list(dg.groups if groups is None else groups)
