@@ -36,7 +36,7 @@ from typing import Optional
 
 import torch
 
-from ..policy.importance import Criterion, normalize, register_importance
+from ..scoring import Criterion, normalize, register_importance
 from . import adapter
 from .collect import Calibration, ConsumerStats
 from .obs import greedy_obs
