@@ -68,7 +68,7 @@ class CheckpointPlan:
 
 
 def _import_transformers():
-    from ..tools.zoo import import_torchvision
+    from ..compat import import_torchvision
     try:
         import_torchvision()  # transformers imports torchvision when it is installed
     except Exception:  # noqa: BLE001 - no torchvision, or a broken one: transformers copes without it

@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -26,6 +25,8 @@ import torch
 import torch.nn as nn
 
 from fxprune.passes import keys
+
+from ..compat import import_torchvision  # noqa: F401  (re-exported: the torchvision shim lives in compat)
 
 __all__ = ["SpecError", "MissingPackageError", "Loaded", "load_model", "parse_shape", "torchvision_kwargs",
            "import_torchvision"]
@@ -69,36 +70,6 @@ def _import(package: str, why: str):
         first = str(e).splitlines()[0] if str(e) else ""
         raise MissingPackageError(f"cannot import {package} (needed for {why}): {type(e).__name__}: {first}"
                         f"\n  install it (pip install {package}) or check that it matches your torch build") from None
-
-
-# Note [torchvision on a CPU torch]
-# The registry's torchvision wheel is a CUDA build. Beside the CPU torch its C++ extension does not
-# load, so the schemas ``torchvision::nms``/``qnms`` are never defined and ``import torchvision``
-# fails while registering their fake kernels. Only for that exact failure we define the two schemas
-# (no kernels: detection ops would still fail, classification models do not call them) and import again.
-_SHIM_SCHEMAS = {name: "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor" for name in ("nms", "qnms")}
-
-
-def import_torchvision():
-    """``import torchvision``, defining its two C-op schemas first when, and only when, its import
-    fails because its C++ extension does not match this torch (see Note [torchvision on a CPU torch])."""
-    try:
-        import torchvision  # noqa: F401
-        return sys.modules["torchvision"]
-    except RuntimeError as e:
-        if "torchvision::nms" not in str(e) and "torchvision::qnms" not in str(e):
-            raise
-    for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-        del sys.modules[mod]
-    for name, schema in _SHIM_SCHEMAS.items():
-        try:
-            torch.library.define(f"torchvision::{name}", schema)
-        except RuntimeError:  # defined already
-            pass
-    warnings.warn("torchvision's C++ ops do not load with this torch build; fxprune defined the schemas of "
-                  "torchvision::nms/qnms so that its models import (detection ops will not run)", stacklevel=2)
-    import torchvision  # noqa: F401, F811
-    return sys.modules["torchvision"]
 
 
 def _from_file(spec: str) -> tuple:
