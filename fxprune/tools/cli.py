@@ -261,7 +261,7 @@ def _calibration(m: _Loaded, n: int, say):
 # -- step 2: analyse --------------------------------------------------------------------------------
 
 def _analyse(args, m: _Loaded, cfg, say):
-    from .. import analyze
+    from ..api import analyze
     say(f"capturing and analysing {m.label} (input {_describe(m)})")
     t = time.perf_counter()
     # torch.export prints the whole graph to stderr when it gives up; the CaptureError says it better
@@ -285,7 +285,7 @@ class _Pruned:
 def _prune(args, m: _Loaded, dg, cfg, say) -> _Pruned:
     from fxprune.passes import keys
 
-    from .. import prune, prune_step
+    from ..policy.pruner import prune, prune_step
     from ..hf.output import prunes_in_place
     from ..policy.counting import count_params
     from ..policy.importance import get_importance
@@ -332,7 +332,8 @@ def _plain_calibration(args, crit, m: _Loaded):
 # -- step 4: report ---------------------------------------------------------------------------------
 
 def _report(args, m: _Loaded, dg, res: _Pruned, t_analyze: float, cfg, say) -> tuple:
-    from .. import count_macs, count_params, latency, verify
+    from ..checks.oracles import verify
+    from ..policy.counting import count_macs, count_params, latency
     from .report import print_tables, si
     kw = m.kwargs
     counts = (count_params(m.model), count_macs(m.model, m.args, kw), count_params(res.model),
