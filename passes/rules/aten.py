@@ -12,6 +12,7 @@ from ..context import IV, OV, SV, TV, RuleContext
 from ..registry import declare_shape, register
 from . import attention, index, linear, norm, pointwise, reduce, sequence, shape, sizes, spatial
 from .common import passthrough, pin_mixed_dynamic, pin_moving_bounds
+from .segments import pieces
 
 aten = torch.ops.aten
 
@@ -113,7 +114,7 @@ def aten_slice(ctx: RuleContext) -> TV:
         ctx.pin(x.dims[d], f"strided or empty slice at {ctx.where}")
         dims[d] = ctx.computed(len(range(s, e, st)))
         return ctx.result(dims)
-    pre, mid, _ = index._pieces(ctx, x, d, [s, e - s, n - e])
+    pre, mid, _ = pieces(ctx, x, d, [s, e - s, n - e])
     if any(isinstance(v, IV) and not v.literal for v in vals):
         pin_mixed_dynamic(ctx, x.dims[d])
         pin_moving_bounds(ctx, x.dims[d], vals)

@@ -27,7 +27,7 @@ import torch.fx as fx
 from ..context import OV, SV, TV, RuleContext, RuleError
 from ..registry import method, register
 from .attention import broadcast_dims, contract_pair
-from .index import _pieces as index_pieces
+from .segments import pieces as index_pieces
 
 aten = torch.ops.aten
 

@@ -8,6 +8,7 @@ import torch
 from ..context import IV, OV, SV, TV, RuleContext, RuleError
 from ..registry import method, register
 from .common import pin_mixed_dynamic, pin_moving_bounds
+from .segments import pieces as _pieces
 
 __all__ = ["cat", "stack", "split", "unbind", "narrow", "select", "getitem"]
 
@@ -45,12 +46,6 @@ def stack(ctx: RuleContext) -> TV:
     dims = list(first.dims)
     dims.insert(d, ctx.axes.fresh(len(tvs), pinned=f"stacked at {ctx.where}"))
     return ctx.result(dims)
-
-
-def _pieces(ctx: RuleContext, x: TV, d: int, sizes: list) -> list:
-    pieces = [ctx.fresh(n) for n in sizes]
-    ctx.unify(x.dims[d], tuple(seg for p in pieces for seg in p))
-    return pieces
 
 
 def _split_outputs(ctx: RuleContext, x: TV, d: int) -> tuple:
