@@ -31,11 +31,11 @@ from .layout import Atom, Layout
 from .meta import (CONSUMES, META_KEY, PRODUCES, ArgEdit, AttrEdit, ChannelMeta, ParamUse, SizeRead, TensorLayout,
                    get_channel_meta)
 from .registry import method, register
-from .rewrite import rewrite_graph, runnable
+from .rewrite import cut_tensor, rewrite_graph, runnable
 from .validate import graph_atoms, keep_indices, validate_keep
 
 __all__ = [
-    "analyze_graph", "analyze_block", "rewrite_graph", "runnable", "AnalysisResult", "meta_clone",
+    "analyze_graph", "analyze_block", "rewrite_graph", "runnable", "cut_tensor", "AnalysisResult", "meta_clone",
     "Atom", "Layout", "AxisTable", "META_KEY", "ArgEdit", "AttrEdit", "ChannelMeta", "ParamUse", "SizeRead",
     "TensorLayout", "get_channel_meta", "PRODUCES", "CONSUMES",
     "FOLDS_KEY", "FoldRegistry", "FoldSite", "fold_registry",

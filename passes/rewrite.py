@@ -34,16 +34,36 @@ from .folds import FOLDS_KEY, BlockSummary, FoldSite, TensorSlot, fold_registry
 from .meta import META_KEY, ArgEdit, get_channel_meta
 from .validate import graph_atoms, validate_keep
 
-__all__ = ["rewrite_graph", "runnable", "plant", "tensor_leaves"]
+__all__ = ["rewrite_graph", "runnable", "plant", "tensor_leaves", "cut_tensor"]
+
+
+@torch.no_grad()
+def cut_tensor(t: torch.Tensor, dims: tuple, keep: Mapping) -> torch.Tensor:
+    """``t`` with every dim whose layout ``keep`` touches ``index_select``-ed by the layout's flat
+    indices (contiguous), or ``t`` itself when ``keep`` touches no dim. The one place a tensor is
+    cut: the rewrite pass and the streamed checkpoint rewrite (``fxprune/hf/engine.py``) call it.
+
+    Example::
+
+        >>> import torch
+        >>> from fxprune.passes import Atom, Layout, cut_tensor
+        >>> rows, cols = Layout(((Atom(0, 4),),)), Layout(((Atom(1, 2),),))
+        >>> cut_tensor(torch.arange(8.).view(4, 2), (rows, cols), {0: torch.tensor([3, 1])})
+        tensor([[6., 7.],
+                [2., 3.]])
+    """
+    out = t
+    for d, layout in enumerate(dims):
+        if layout.touches(keep):
+            out = out.index_select(d, layout.flat_indices(keep).to(out.device))
+    return t if out is t else out.contiguous()
 
 
 @torch.no_grad()
 def _pruned_tensor(t: torch.Tensor, dims: tuple, keep: dict) -> torch.Tensor:
-    out, selected = t.detach(), False
-    for d, layout in enumerate(dims):
-        if layout.touches(keep):
-            out, selected = out.index_select(d, layout.flat_indices(keep).to(out.device)), True
-    out = out.contiguous() if selected else out.clone()  # never share storage with the input model
+    src = t.detach()
+    out = cut_tensor(src, dims, keep)
+    out = out.clone() if out is src else out  # never share storage with the input model
     if isinstance(t, nn.Parameter):
         return nn.Parameter(out, requires_grad=t.requires_grad)
     return out

@@ -6,6 +6,8 @@ from typing import Callable, Optional
 
 import torch
 
+from fxprune.passes import cut_tensor
+
 from ..policy.importance import Random
 from ..policy.selection import select_global, select_local
 from .plan import CheckpointPlan
@@ -28,14 +30,9 @@ def one_thread():
         torch.set_num_threads(n)
 
 
-@torch.no_grad()
 def rewrite_tensor(t: torch.Tensor, dims: tuple, atom_keep: dict) -> torch.Tensor:
-    """``t`` with every dim whose layout ``atom_keep`` touches ``index_select``-ed, as the rewrite pass does."""
-    out = t
-    for d, layout in enumerate(dims):
-        if layout.touches(atom_keep):
-            out = out.index_select(d, layout.flat_indices(atom_keep))
-    return out.contiguous()
+    """``t`` cut by the rewrite pass's own :func:`fxprune.passes.cut_tensor`, contiguous."""
+    return cut_tensor(t, dims, atom_keep).contiguous()
 
 
 class TensorScores:
