@@ -200,6 +200,9 @@ def _check_options(args, cfg) -> None:
             raise _Fail(EXIT_OUTPUT, f"{flag} {path}: the directory {folder} does not exist; create it first")
         if folder and not os.access(folder, os.W_OK):
             raise _Fail(EXIT_OUTPUT, f"{flag} {path}: the directory {folder} is not writable")
+    if args.out and (args.model or "").startswith("hf:"):  # both hf paths: Note [Output directories]
+        from ..hf.outdir import check_out
+        check_out(args.model[3:], args.out)
     if args.plot:
         import importlib.util
         if importlib.util.find_spec("matplotlib") is None:
