@@ -168,3 +168,113 @@ def test_save_on_a_full_disk_is_a_clear_error_and_leaves_nothing(tmp_path):
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     assert "SaveError: cannot write" in proc.stdout and "small.pt2" in proc.stdout
     assert os.listdir(tmp_path) == []  # no stray temporary file
+
+
+# -- models fxprune must not change or mis-prune (Note [Models fxprune refuses]) ---------------------------------
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def _state(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def _bitwise_same(model, state) -> bool:
+    now = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) and now[k].dtype == state[k].dtype
+                                              for k in state)
+
+
+def test_a_qat_model_is_refused_before_any_forward_and_its_observers_stay():
+    import torch.ao.quantization as q
+
+    m = nn.Sequential(q.QuantStub(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2), q.DeQuantStub()).train()
+    m.qconfig = q.get_default_qat_qconfig("fbgemm")
+    m = q.prepare_qat(m)
+    m(torch.randn(3, 4))  # observers have seen data: min_val/max_val/scale are set
+    m.eval()
+    state = _state(m)
+    for call in (lambda: fxprune.prune(m, (torch.randn(2, 4) * 50,), ratio=0.5),
+                 lambda: fxprune.analyze(m, (torch.randn(2, 4) * 50,))):
+        with pytest.raises(fxprune.errors.CaptureError, match="quantization-aware.*prune the float model"):
+            call()
+    assert _bitwise_same(m, state)
+
+
+@pytest.mark.parametrize("how", ["weight_norm", "spectral_norm", "orthogonal", "parametrize"])
+def test_parametrized_modules_get_an_error_naming_the_fix(how):
+    from torch.nn.utils import parametrizations, parametrize
+
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8))
+    {"weight_norm": lambda: parametrizations.weight_norm(m[0]),
+     "spectral_norm": lambda: parametrizations.spectral_norm(m[0]),
+     "orthogonal": lambda: parametrizations.orthogonal(m[2]),
+     "parametrize": lambda: parametrize.register_parametrization(m[0], "weight", Double())}[how]()
+    state = _state(m)
+    with pytest.raises(fxprune.errors.CaptureError, match="parametrized.*remove_parametrizations"):
+        fxprune.prune(m, (torch.randn(2, 4),), ratio=0.5)
+    assert _bitwise_same(m, state)
+
+
+def test_a_dynamically_quantized_model_gets_an_error_naming_the_fix():
+    m = torch.ao.quantization.quantize_dynamic(_mlp(), {nn.Linear}, dtype=torch.qint8)
+    with pytest.raises(fxprune.errors.CaptureError, match="quantized.*prune the float model, then quantize"):
+        fxprune.prune(m, (torch.randn(2, 4),), ratio=0.5)
+
+
+def test_a_model_writing_its_input_is_named_and_the_users_tensor_stays():
+    from fxprune.checks.guard import InputMutationError
+
+    class Scales(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            x.mul_(2)
+            return self.b(torch.relu(self.a(x)))
+    x = torch.randn(2, 4)
+    before = x.clone()
+    with pytest.raises(InputMutationError, match=r"writes its positional input 0 in place.*x = x \* 2"):
+        fxprune.prune(Scales().eval(), (x,), ratio=0.5)
+    assert torch.equal(x, before) and x._version == 0
+
+
+def test_a_compiled_model_is_pruned_as_the_model_it_wraps():
+    net, x = _mlp(), torch.randn(2, 4)
+    state = _state(net)
+    small = fxprune.prune(torch.compile(net), (x,), ratio=0.5)
+    plain = fxprune.prune(net, (x,), ratio=0.5)
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(small) == n(plain) < n(net)  # not a certified no-op
+    assert small.fxprune_certificate.passed and torch.equal(small(x), plain(x))
+    assert _bitwise_same(net, state)
+
+
+# -- the CLI ------------------------------------------------------------------------------------------------------
+
+def test_ctrl_c_wrapped_by_a_library_still_exits_130(monkeypatch, capsys):
+    """An interrupt during start-up imports arrives wrapped (transformers' lazy modules re-raise it as
+    a RuntimeError): still 130, not an internal error."""
+    from fxprune.tools import cli
+
+    def interrupted(args, say):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise RuntimeError("Failed to import transformers.models.llama") from e
+    monkeypatch.setattr(cli, "_run", interrupted)
+    assert cli.main(["demo", "-q"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_help_says_a_model_file_runs_its_code(capsys):
+    from fxprune.tools.cli import main
+
+    assert main(["--help"]) == 0
+    assert "RUNS the file's code" in capsys.readouterr().out
