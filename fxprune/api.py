@@ -90,7 +90,7 @@ def analyze(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = N
     """
     model = unwrap_compiled(model)  # Note [Models fxprune refuses] in fxprune/checks/guard.py
     refuse_unsupported(model)
-    inputs, example_kwargs, versions = own_inputs(_as_inputs(example_inputs), example_kwargs)
+    inputs, example_kwargs, versions = own_inputs(model, _as_inputs(example_inputs), example_kwargs)
     leaves = _check_leaves(model, leaf_modules)
     try:
         cap = _capture(model, inputs, leaves, example_kwargs, fold)

@@ -7,7 +7,6 @@ refusal is a clear error (README "Security and files").
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import textwrap
@@ -148,11 +147,10 @@ _FULL_DISK = textwrap.dedent("""
     import os, resource, signal, sys, torch, torch.nn as nn, fxprune
     from fxprune.errors import SaveError
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
-    net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 8))
-    small = fxprune.prune(net, (torch.randn(2, 64),), ratio=0.5, check=False)
+    net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 8)).eval()
     resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
     try:
-        fxprune.save(small, os.path.join(sys.argv[1], "small.pt2"))
+        fxprune.save(net, os.path.join(sys.argv[1], "small.pt2"), (torch.randn(2, 64),))
     except SaveError as e:
         print("SaveError:", e)
         sys.exit(0)

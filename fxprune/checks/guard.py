@@ -15,7 +15,8 @@ cannot prune what it cannot see. So, before the first forward:
 * parametrized modules (``torch.nn.utils.parametrize``, ``parametrizations.weight_norm``,
   ``spectral_norm``, ``orthogonal``) are refused: the weight the forward uses is
   computed, so pruning the stored tensors is not pruning the weight;
-* the example inputs are cloned, so a forward that writes its input (``x.mul_(2)``)
+* the example inputs are cloned (a GraphModule's are not: they may be the
+  model's own parameters and buffers, lifted by torch.compile), so a forward that writes its input (``x.mul_(2)``)
   never changes the caller's tensors; if the model wrote them during capture, the
   run stops with :class:`InputMutationError` naming the input, instead of an
   oracle mismatch blamed on a rule.
@@ -93,10 +94,13 @@ def _own(t):
     return t
 
 
-def own_inputs(args: tuple, kwargs: Optional[dict]) -> tuple:
+def own_inputs(model, args: tuple, kwargs: Optional[dict]) -> tuple:
     """Copies of the example tensors (parameters fed as inputs stay themselves), so no forward of
-    fxprune's changes the caller's; with their version counters, to tell later whether one was written."""
-    args, kwargs = tree_map(_own, tuple(args)), (tree_map(_own, dict(kwargs)) if kwargs else kwargs)
+    fxprune's changes the caller's; with their version counters, to tell later whether one was written.
+    A GraphModule's inputs are not copied: torch.compile's graphs take the model's parameters and
+    buffers as inputs, and fxprune.backend matches them by identity."""
+    if not isinstance(model, torch.fx.GraphModule):
+        args, kwargs = tree_map(_own, tuple(args)), (tree_map(_own, dict(kwargs)) if kwargs else kwargs)
     leaves = [t for t in tree_flatten((args, kwargs or {}))[0] if isinstance(t, torch.Tensor)]
     return args, kwargs, [(t, t._version) for t in leaves]
 

@@ -370,7 +370,7 @@ def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None
 
     model = unwrap_compiled(model)  # Note [Models fxprune refuses] in fxprune/checks/guard.py
     refuse_unsupported(model)
-    example_inputs, example_kwargs, _ = own_inputs(_as_inputs(example_inputs), example_kwargs)
+    example_inputs, example_kwargs, _ = own_inputs(model, _as_inputs(example_inputs), example_kwargs)
     cfg = dataclasses.replace(config, **options) if config is not None else PruneConfig(**options)
     crit = get_importance(cfg.importance)
     if crit.needs_data and data is None:
