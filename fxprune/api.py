@@ -13,6 +13,7 @@ from .capture import capture
 from .capture.frontends import capture_exported
 from .capture.modes import refuse_train, restore_flags, training_flags
 from .checks.certificate import attach, certify
+from .checks.guard import own_inputs, refuse_unsupported, unwrap_compiled, written_inputs
 from .errors import CaptureError, GroupMismatchError, KeepIndicesError
 from .graph import DependencyGraph, Group
 
@@ -63,7 +64,11 @@ def analyze(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = N
         model: an ``nn.Module`` (captured with ``torch.fx.symbolic_trace``) or an
             ``fx.GraphModule`` (parameters may be ``get_attr`` nodes, or placeholders
             fed ``nn.Parameter`` example inputs as ``torch.compile`` does). Never modified.
-        example_inputs: tuple of positional inputs; only shapes and dtypes are used.
+            ``torch.compile(model)`` is analysed as ``model``; quantization-aware, quantized
+            and parametrized models are refused (Note [Models fxprune refuses] in
+            ``fxprune/checks/guard.py``).
+        example_inputs: tuple of positional inputs; only shapes and dtypes are used. The
+            analysis runs on copies: a forward that writes its input raises ``InputMutationError``.
         example_kwargs: keyword inputs. Models ``symbolic_trace`` cannot capture (or
             called with keywords) are captured with a non-strict ``torch.export``;
             ``dg.report()`` says which front end was used.
@@ -83,9 +88,16 @@ def analyze(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = N
         >>> dg.groups
         [Group(G0, size=8, members=[0.weight[0], 0.bias[0], 1.weight[0], +4 more])]
     """
-    inputs = _as_inputs(example_inputs)
+    model = unwrap_compiled(model)  # Note [Models fxprune refuses] in fxprune/checks/guard.py
+    refuse_unsupported(model)
+    inputs, example_kwargs, versions = own_inputs(model, _as_inputs(example_inputs), example_kwargs)
     leaves = _check_leaves(model, leaf_modules)
-    cap = _capture(model, inputs, leaves, example_kwargs, fold)
+    try:
+        cap = _capture(model, inputs, leaves, example_kwargs, fold)
+    except Exception:
+        written_inputs(model, versions, inputs, example_kwargs)  # the model's own writes, not a capture bug
+        raise
+    written_inputs(model, versions, inputs, example_kwargs)
     try:
         result = analyze_graph(cap.gm, cap.inputs)
     except ShapePropagationError as e:  # a traced graph of another branch (Note [Checked trace])

@@ -23,13 +23,13 @@ the end: a failure leaves no file behind, never a corrupt one.
 from __future__ import annotations
 
 import importlib.util
+import errno
 import inspect
 import io
 import json
 import os
 import sys
 import tempfile
-import zipfile
 from typing import Optional
 
 import torch
@@ -38,6 +38,7 @@ from torch.utils._pytree import tree_map
 
 from fxprune.passes import keys
 
+from .archive import check_pt2, is_pt2
 from .capture.modes import eval_copy, on_meta, refuse_train, train_refusal
 from .errors import SaveError
 
@@ -113,20 +114,48 @@ def _meta_json(model: nn.Module, shapes: str) -> str:
 
 def atomic_write(path: str, write, suffix: str = ".tmp") -> None:
     """``write(tmp)`` to a temporary file next to ``path``, then rename it to ``path``; on failure,
-    remove it. Raises :class:`SaveError` when the directory does not exist."""
+    remove it. Raises :class:`SaveError` when the directory does not exist, ``path`` is a directory,
+    or the disk is full (nothing is left behind)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise SaveError(f"cannot save to {path}: the directory {folder} does not exist; create it first")
+    if os.path.isdir(path):
+        raise SaveError(f"cannot save to {path}: it is a directory; give a file name such as {path}/model.pt2")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=suffix)
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        raise SaveError(f"cannot write {path}: {e.strerror or e}" + (
+            "; nothing was written (free some space and retry)" if e.errno == errno.ENOSPC else "")) from e
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _remove(tmp)
         raise
+
+
+def _remove(tmp: str) -> None:
+    if os.path.exists(tmp):
+        os.remove(tmp)
+
+
+def _serialized(write) -> bytes:
+    """What ``write(buffer)`` writes, in memory: torch's zip writer aborts the process when a disk fills
+    under it (an error in its destructor), so files are written by plain Python I/O instead."""
+    buf = io.BytesIO()
+    write(buf)
+    return buf.getvalue()
+
+
+def _write_bytes(data: bytes):
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return write
 
 
 def _sources(model: nn.Module) -> dict:
@@ -189,13 +218,14 @@ def save(model: nn.Module, path, example_inputs=None, example_kwargs: Optional[d
                                 "use format='pickle'") from e
         else:
             extra = {_EXTRA: _meta_json(model, shapes)}
-            atomic_write(path, lambda tmp: torch.export.save(ep, tmp, extra_files=extra), suffix=".tmp.pt2")
+            data = _serialized(lambda buf: torch.export.save(ep, buf, extra_files=extra))
+            atomic_write(path, _write_bytes(data), suffix=".tmp.pt2")
             return f"pt2 ({shapes})"
     try:
         inner = io.BytesIO()
         torch.save(model, inner)
         payload = {_PICKLE_KEY: inner.getvalue(), "sources": _sources(model), "meta": _meta_json(model, "any")}
-        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+        atomic_write(path, _write_bytes(_serialized(lambda buf: torch.save(payload, buf))))
     except SaveError:
         raise
     except Exception as e:
@@ -218,20 +248,26 @@ def _import_sources(sources: dict) -> None:
 def load(path, *, weights_only: bool = True) -> nn.Module:
     """Load a model written by :func:`save`.
 
-    A ``.pt2`` file loads with ``torch.export.load`` (no code is unpickled) as an eval-mode
-    graph that refuses ``train()``. A pickled model (export could not capture it) runs the
+    A ``.pt2`` file is checked first (Note [Loading .pt2 safely] in ``fxprune/archive.py``: nothing
+    in it is unpickled beyond what ``torch.load(weights_only=True)`` allows), then loads with
+    ``torch.export.load`` as an eval-mode graph that refuses ``train()``. A pickled model (export could not capture it) runs the
     pickled code, so it needs ``weights_only=False``: only for files you trust.
 
     Raises:
-        SaveError: the file is missing, not written by :func:`save`, or pickled and
-            ``weights_only`` is True.
+        SaveError: the file is missing, not written by :func:`save`, a ``.pt2`` holding a pickle
+            or payload that could run code, or pickled and ``weights_only`` is True.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise SaveError(f"cannot load {path}: no such file")
-    if _is_pt2(path):
+    if is_pt2(path):
+        check_pt2(path)  # Note [Loading .pt2 safely] in fxprune/archive.py: nothing beyond weights_only=True
         extra = {_EXTRA: ""}
-        model = torch.export.load(path, extra_files=extra).module()
+        try:
+            model = torch.export.load(path, extra_files=extra).module()
+        except Exception as e:
+            raise SaveError(f"{path}: torch.export.load cannot read it: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else ''}") from e
         info = json.loads(extra[_EXTRA] or "{}")
         return refuse_train(model, info.get("train_refused") or _LOADED_PT2)
     try:
@@ -246,10 +282,4 @@ def load(path, *, weights_only: bool = True) -> nn.Module:
     _import_sources(payload["sources"])
     return torch.load(io.BytesIO(payload[_PICKLE_KEY]), weights_only=False)
 
-
-def _is_pt2(path: str) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("serialized_exported_program.json") or "/models/" in n for n in z.namelist())
 

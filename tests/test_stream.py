@@ -23,6 +23,7 @@ T.logging.set_verbosity_error()
 
 from fxprune.hf.checkpoint import Checkpoint, ShardWriter, parse_size  # noqa: E402
 from fxprune.hf.load import CheckpointError  # noqa: E402
+from fxprune.hf.outdir import OutDirError  # noqa: E402
 from fxprune.hf.stream import prune_checkpoint  # noqa: E402
 
 V = 64
@@ -137,7 +138,7 @@ def test_bad_requests_are_refused_before_anything_is_written(tmp_path):
         prune_checkpoint(src, src)
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "config.json").write_text("{}")
-    with pytest.raises(FileExistsError, match="already holds a checkpoint"):
+    with pytest.raises(OutDirError, match="already holds files"):
         prune_checkpoint(src, str(tmp_path / "d"))
     assert not any(p.exists() for p in (tmp_path / "a", tmp_path / "b", tmp_path / "c"))
 
@@ -241,7 +242,7 @@ def test_cli_streams_a_checkpoint(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "per-layer widths: load with fxprune.hf.from_pretrained" in text and "model.layers.1:" in text
     assert fxprune.hf.from_pretrained(out) is not None
-    assert main([f"hf:{src}", "--out", out, "--stream", "-q"]) == 5  # refuses to overwrite
+    assert main([f"hf:{src}", "--out", out, "--stream", "-q"]) == 2  # refuses to overwrite (a usage error)
     assert main(["demo", "--stream", "-q"]) == 2
     assert main([f"hf:{src}", "--stream", "-q"]) == 2  # no --out
 

@@ -28,7 +28,7 @@ import torch
 
 from .load import CheckpointError
 
-__all__ = ["Checkpoint", "TensorInfo", "ShardWriter", "parse_size", "CheckpointError",
+__all__ = ["Checkpoint", "TensorInfo", "ShardWriter", "parse_size", "CheckpointError", "shard_files",
            "SAFE_WEIGHTS_NAME", "SAFE_WEIGHTS_INDEX_NAME"]
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -110,11 +110,7 @@ class Checkpoint:
                 weight_map = json.load(f).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise CheckpointError(f"{index} has no weight_map: it is not a safetensors index")
-            files = list(dict.fromkeys(weight_map.values()))
-            missing = [f for f in files if not os.path.isfile(os.path.join(path, f))]
-            if missing:
-                raise CheckpointError(f"{index} names shards that are not in {path}: {', '.join(missing[:3])}")
-            return [os.path.join(path, f) for f in files]
+            return shard_files(path, weight_map)
         single = os.path.join(path, SAFE_WEIGHTS_NAME)
         if os.path.isfile(single):
             return [single]
@@ -158,6 +154,20 @@ class Checkpoint:
             return self.tensors[name]
         except KeyError:
             raise KeyError(f"{name!r} is not a tensor of the checkpoint in {self.path}") from None
+
+
+def shard_files(path: str, weight_map: dict) -> list:
+    """The shard files an index's ``weight_map`` names, each checked to lie inside ``path`` (no ``..``,
+    absolute name or symlink out of it: a crafted index could make fxprune read, and copy into its
+    output, any file) and to exist."""
+    from .outdir import inside
+
+    files = [inside(path, f) for f in dict.fromkeys(weight_map.values())]
+    missing = [os.path.basename(f) for f in files if not os.path.isfile(f)]
+    if missing:
+        raise CheckpointError(f"{os.path.join(path, SAFE_WEIGHTS_INDEX_NAME)} names shards that are not in "
+                              f"{path}: {', '.join(missing[:3])}")
+    return files
 
 
 def _headers(file: str) -> list:

@@ -80,10 +80,15 @@ def model_class(config, model_cls=None) -> type:
         return model_cls
     import transformers
 
-    for name in getattr(config, "architectures", None) or ():
-        cls = getattr(transformers, name, None)
-        if isinstance(cls, type):
-            return cls
+    names = list(getattr(config, "architectures", None) or ())
+    unknown = [n for n in names if not isinstance(getattr(transformers, str(n), None), type)]
+    if unknown:  # never another class in its place: it would load a different model (no head, say)
+        raise ValueError(f"config.json names the architecture {unknown[0]!r}, which transformers "
+                         f"{transformers.__version__} does not have (custom code or a newer transformers); "
+                         "fxprune builds only classes of the installed transformers: upgrade it, or load the "
+                         "model yourself and use the Python API (model_cls=)")
+    if names:
+        return getattr(transformers, names[0])
     try:
         return transformers.MODEL_MAPPING[type(config)]
     except KeyError:

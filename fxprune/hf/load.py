@@ -143,31 +143,41 @@ def _header_shapes(path: str) -> dict:
     """Tensor shapes from the safetensors headers of checkpoint ``path`` (single file or shards)."""
     from safetensors import safe_open
 
+    from .checkpoint import shard_files
+
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
         with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+            weight_map = json.load(f).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} has no weight_map: it is not a safetensors index")
+        files = shard_files(path, weight_map)
     elif os.path.isfile(os.path.join(path, "model.safetensors")):
-        files = ["model.safetensors"]
+        files = [os.path.join(path, "model.safetensors")]
     else:
         return {}
     out = {}
     for file in files:
-        with safe_open(os.path.join(path, file), "pt") as f:
+        with safe_open(file, "pt") as f:
             out.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
     return out
 
 
 def _checkpoint_shapes(path: str, config, cls: type) -> dict:
     """Shapes to resize to: the fxprune section's, and header shapes of names the model has."""
-    shapes = dict((getattr(config, SECTION, None) or {}).get("per_layer", {}))
+    section = getattr(config, SECTION, None)
+    shapes = dict((section or {}).get("per_layer", {}))
     if os.path.isdir(path):
         from .config import config_shapes
 
         built = config_shapes(config, cls)
         for name, shape in _header_shapes(path).items():
-            if name in built and tuple(built[name]) != tuple(shape):
-                shapes.setdefault(name, shape)
+            if name in built and tuple(built[name]) != tuple(shape) and name not in shapes:
+                if not section:  # a stock config describes every tensor: the file contradicts it
+                    raise CheckpointError(f"{path}: tensor {name} has shape {tuple(shape)} in the checkpoint, but "
+                                          f"config.json describes {tuple(built[name])}; the config and the weights "
+                                          "disagree (an edited config or a corrupt checkpoint)")
+                shapes[name] = shape
     return {k: tuple(v) for k, v in shapes.items()}
 
 
@@ -190,11 +200,33 @@ def from_pretrained(path: str, model_cls: Optional[type] = None, **kwargs) -> nn
     config = read_config(path)
     cls = model_class(config, model_cls)
     shapes = _checkpoint_shapes(path, config, cls)
-    with _quiet_transformers():
-        model = (_resizing(cls, shapes) if shapes else cls).from_pretrained(path, config=config, **kwargs)
+    kwargs.pop("output_loading_info", None)
+    try:
+        with _quiet_transformers():
+            model, info = (_resizing(cls, shapes) if shapes else cls).from_pretrained(
+                path, config=config, output_loading_info=True, **kwargs)
+    except RuntimeError as e:
+        if "mismatched_sizes" not in str(e) and "size mismatch" not in str(e):
+            raise
+        raise CheckpointError(f"{path}: tensor shapes do not match the model its config describes: "
+                              f"{str(e).splitlines()[0][:300]}") from None
+    _refuse_partial_load(path, cls, info)
     model.__class__ = cls
     resize_to(model, {})  # attributes of tied tensors
     return model.eval()
+
+
+def _refuse_partial_load(path: str, cls: type, info: dict) -> None:
+    """Transformers' loading report as an error: a missing tensor would be randomly initialised, an
+    unexpected one dropped, a mismatched one re-initialised, and the model would still run."""
+    what = [(k, sorted(info.get(k) or ())) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")]
+    what = [(k.replace("_", " "), v) for k, v in what if v] + [("errors", list(info.get("error_msgs") or ()))]
+    what = [(k, v) for k, v in what if v]
+    if what:
+        raise CheckpointError(f"{path} does not hold exactly the tensors of {cls.__name__}: "
+                              + "; ".join(f"{k}: {', '.join(map(str, v[:4]))}{' ...' if len(v) > 4 else ''}"
+                                          for k, v in what)
+                              + ". Missing weights would be random: fix or re-save the checkpoint")
 
 
 @contextmanager

@@ -9,13 +9,14 @@
 from __future__ import annotations
 
 import inspect
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from fxprune.passes import keys
+
+from .outdir import check_out, staged
 
 __all__ = ["Written", "write_checkpoint", "write_config", "prunes_in_place", "write_outputs"]
 
@@ -47,19 +48,21 @@ def _run(model: nn.Module, kwargs: dict) -> torch.Tensor:
 
 
 def write_checkpoint(model: nn.Module, path: str, kwargs: dict) -> Written:
-    """Save ``model`` (pruned in place) to ``path``, load it back and compare on ``kwargs``."""
+    """Save ``model`` (pruned in place) to ``path`` (new or empty), load it back and compare on ``kwargs``;
+    the directory appears only once complete (Note [Output directories] in ``outdir.py``)."""
     from .load import from_pretrained
     from .save import save_pretrained
 
     from transformers.utils import logging as hf_logging
 
-    os.makedirs(path, exist_ok=True)
+    path = check_out(None, path)
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        per_layer = save_pretrained(model, path)
-        want = _run(model.eval(), kwargs)
-        got = _run(from_pretrained(path), kwargs)
+        with staged(path) as tmp:  # Note [Output directories]: renamed into place once written and read back
+            per_layer = save_pretrained(model, tmp)
+            want = _run(model.eval(), kwargs)
+            got = _run(from_pretrained(tmp), kwargs)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
@@ -76,9 +79,9 @@ def write_config(model: nn.Module, pruned: nn.Module, path: str) -> Written:
     own = set(model.state_dict())
     shapes = {k: tuple(v.shape) for k, v in (*pruned.named_parameters(), *pruned.named_buffers()) if k in own}
     result = pruned_config(model.config, shapes, type(model))
-    os.makedirs(path, exist_ok=True)
-    result.config.save_pretrained(path)
-    mark_config_file(path)
+    with staged(check_out(None, path)) as tmp:
+        result.config.save_pretrained(tmp)
+        mark_config_file(tmp)
     return Written(path, not result.uniform, "not run (no weights: config.json only, with the shapes of the "
                    "pruned graph; whether the model's own forward and config follow them, head dims and "
                    "scales, was not checked: nothing runs on the meta device)")

@@ -33,7 +33,7 @@ from ..graph import DependencyGraph
 from .checkpoint import Checkpoint
 from .config import model_class
 
-__all__ = ["CheckpointPlan", "plan_checkpoint", "meta_model", "candidates", "head_dim_groups", "block_paths"]
+__all__ = ["CheckpointPlan", "plan_checkpoint", "check_tensors", "meta_model", "candidates", "head_dim_groups", "block_paths"]
 
 
 @dataclass
@@ -128,11 +128,37 @@ def plan_checkpoint(path, example_kwargs: Optional[dict] = None, *, model_cls=No
         raise ValueError(f"{ck.path} is a checkpoint fxprune pruned with per-layer widths; stream-pruning it "
                          "again is not supported: load it with fxprune.hf.from_pretrained and prune in memory")
     model = meta_model(config, model_cls)
+    check_tensors(model, ck)
     kwargs = dict(example_kwargs) if example_kwargs is not None else default_example(model, config)
     dg = analyze(model, (), kwargs, fold=fold)
     target_of, aliases = _match_names(model, dg, ck)
     blocks = block_paths(model)
     return CheckpointPlan(ck, config, model, dg, target_of, aliases, blocks, kwargs)
+
+
+def check_tensors(model: torch.nn.Module, ck: Checkpoint) -> None:
+    """Raise CheckpointError unless ``ck`` holds exactly ``model``'s persistent tensors (one name of each tied
+    set), at ``model``'s shapes: a missing tensor would leave the output without it, an unexpected one
+    would be copied unpruned, and a shape that contradicts the config would be cut at the wrong width."""
+    from .load import CheckpointError
+
+    tied: dict = {}
+    for n, t in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)):
+        tied.setdefault(id(t), []).append(n)
+    state = model.state_dict(keep_vars=True)
+    missing = sorted({names[0] for names in tied.values() if any(n in state for n in names)
+                      and not any(n in ck for n in names)})
+    unexpected = [n for n in ck if n not in state]
+    mismatched = [f"{n} {ck.tensors[n].shape} vs {tuple(state[n].shape)}" for n in ck
+                  if n in state and tuple(ck.tensors[n].shape) != tuple(state[n].shape)]
+    problems = [(k, v) for k, v in (("missing", missing), ("unexpected", unexpected),
+                                    ("shape (checkpoint vs config)", mismatched)) if v]
+    if problems:
+        raise CheckpointError(
+            f"{ck.path} does not hold exactly the tensors of {type(model).__name__} as config.json describes it: "
+            + "; ".join(f"{k}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}" for k, v in problems)
+            + ". Streaming reads tensors by the model's own names and shapes: fix the checkpoint, or (for names "
+            "transformers converts on load, such as per-expert MoE tensors) prune it in memory")
 
 
 def block_paths(model: torch.nn.Module) -> tuple:

@@ -44,6 +44,7 @@ from ..policy.selection import group_ratios
 from .checkpoint import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, Checkpoint, ShardWriter
 from .calibrated import needs_calibration, run_calibrated
 from .engine import Engine, TensorScores, rewrite_tensor
+from .outdir import check_out, staged
 from .plan import CheckpointPlan, candidates, plan_checkpoint
 
 __all__ = ["prune_checkpoint", "StreamResult", "rewrite_tensor", "fits_in_memory", "stream_keep", "wants_stream",
@@ -138,20 +139,12 @@ def stream_keep(plan: CheckpointPlan, keep: dict) -> dict:
     return out
 
 
-def _check_out(src: str, out: str) -> str:
-    out = os.path.abspath(out)
-    if out == os.path.abspath(src):
-        raise ValueError(f"--out {out} is the input checkpoint: write the pruned checkpoint to another directory")
-    if os.path.isdir(out) and any(os.path.exists(os.path.join(out, f)) for f in _WEIGHT_FILES):
-        raise FileExistsError(f"{out} already holds a checkpoint; choose an empty or new directory")
-    return out
-
-
 def _copy_side_files(src: str, out: str) -> None:
     """Tokenizer, generation config and other small files travel with the weights."""
     for f in os.listdir(src):
         p = os.path.join(src, f)
-        if os.path.isfile(p) and not f.endswith(".safetensors") and f not in _WEIGHT_FILES and \
+        inside = os.path.dirname(os.path.realpath(p)) == os.path.realpath(src)  # no symlink out of the checkpoint
+        if inside and os.path.isfile(p) and not f.endswith(".safetensors") and f not in _WEIGHT_FILES and \
                 not f.startswith(".") and os.path.getsize(p) < 64 * 2**20:
             shutil.copy2(p, os.path.join(out, f))
 
@@ -179,6 +172,25 @@ def _write_config(plan: CheckpointPlan, shapes: dict, out: str):
     return result
 
 
+def _stream(plan, cfg, ratios, keep, crit, calibrated, out, max_shard_size, hold_bytes, data, repair, damping,
+            dtype, progress):
+    """One pass over the checkpoint's tensors (or the block-by-block calibration) writing into ``out``."""
+    ck = plan.checkpoint
+    with ShardWriter(out, max_shard_size) as writer, \
+            tqdm(total=len(ck.tensors), desc="streaming tensors", unit="tensor", disable=not progress) as bar:
+        scores = TensorScores(plan, crit, list(ratios)) if keep is None and not calibrated else None
+        eng = Engine(plan, cfg, ratios, writer, hold_bytes, keep=keep, scores=scores, bar=bar)
+        report = runner = None
+        if calibrated:
+            report, runner = run_calibrated(plan, crit, eng, data, repair=repair, damping=damping,
+                                            dtype=dtype or torch.float32, progress=progress)
+        else:
+            for name in ck.tensors:
+                eng.step(name)
+            eng.finish()
+    return eng, report, runner
+
+
 def prune_checkpoint(path, out, config: Optional[PruneConfig] = None, *, keep: Optional[dict] = None,
                      data=None, repair: Optional[str] = None, damping: Optional[float] = None,
                      example_kwargs: Optional[dict] = None, max_shard_size="512MB", hold_bytes: int = 2**30,
@@ -188,7 +200,8 @@ def prune_checkpoint(path, out, config: Optional[PruneConfig] = None, *, keep: O
 
     Args:
         path: a checkpoint directory (``config.json`` + ``model.safetensors`` or shards + index).
-        out: the new checkpoint's directory (new or empty).
+        out: the new checkpoint's directory: a new path or an empty directory, not the input (Note [Output
+            directories] in ``outdir.py``); written into a temporary sibling and renamed when complete.
         config: a :class:`fxprune.PruneConfig`; keyword ``options`` override its fields (``ratio``,
             ``importance`` (l1/l2/lamp/bn_scale/random), ``scope``, ``ignore``, ``ratios``, ``round_to``, ...).
             Targets (``target_macs``/``target_params``) are not supported here.
@@ -229,7 +242,7 @@ def prune_checkpoint(path, out, config: Optional[PruneConfig] = None, *, keep: O
                          "...] (token-id tensors or dicts of keyword inputs)")
     if keep is None and not getattr(crit, "needs_calibration", False):
         _streamable(crit)
-    out = _check_out(plan.checkpoint.path if plan is not None else path, out)
+    out = check_out(plan.checkpoint.path if plan is not None else path, out)  # Note [Output directories]
     plan = plan or plan_checkpoint(path, example_kwargs)
     groups, left_out = candidates(plan.dg)
     keep = stream_keep(plan, keep) if keep is not None else None
@@ -239,25 +252,19 @@ def prune_checkpoint(path, out, config: Optional[PruneConfig] = None, *, keep: O
         ratios = {g: r for g, r in ratios.items() if g in set(groups)}
     else:
         ratios = {g: 0.0 for g in keep}
-    with ShardWriter(out, max_shard_size) as writer, \
-            tqdm(total=len(ck.tensors), desc="streaming tensors", unit="tensor", disable=not progress) as bar:
-        scores = TensorScores(plan, crit, list(ratios)) if keep is None and not calibrated else None
-        eng = Engine(plan, cfg, ratios, writer, hold_bytes, keep=keep, scores=scores, bar=bar)
-        report = runner = None
-        if calibrated:
-            report, runner = run_calibrated(plan, crit, eng, data, repair=repair, damping=damping,
-                                            dtype=dtype or torch.float32, progress=progress)
-        else:
-            for name in ck.tensors:
-                eng.step(name)
-            eng.finish()
-    written = Checkpoint(out)
-    res = StreamResult(out, eng.keep, plan, left_out, eng.raw, None, eng.bytes_read, writer.bytes_written,
-                       eng.reads, len(ck.tensors), repair=report,
-                       calibration_bytes=runner.bytes_read if runner is not None else 0)
-    shapes = {**_buffer_shapes(plan, eng.atom_keep), **{n: i.shape for n, i in written.tensors.items()}}
-    res.config = _write_config(plan, shapes, out)
-    _copy_side_files(ck.path, out)
+    with staged(out) as tmp:  # renamed to ``out`` once every file is written
+        eng, report, runner = _stream(plan, cfg, ratios, keep, crit, calibrated, tmp, max_shard_size, hold_bytes,
+                                      data, repair, damping, dtype, progress)
+        written = Checkpoint(tmp)
+        res = StreamResult(out, eng.keep, plan, left_out, eng.raw, None, eng.bytes_read, eng.writer.bytes_written,
+                           eng.reads, len(ck.tensors), repair=report,
+                           calibration_bytes=runner.bytes_read if runner is not None else 0)
+        if eng.keep:
+            shapes = {**_buffer_shapes(plan, eng.atom_keep), **{n: i.shape for n, i in written.tensors.items()}}
+            res.config = _write_config(plan, shapes, tmp)
+        else:  # nothing pruned: the config stays the input's, byte for byte (never relabelled fxprune_)
+            shutil.copy2(os.path.join(ck.path, "config.json"), os.path.join(tmp, "config.json"))
+        _copy_side_files(ck.path, tmp)
     res.files = sorted({os.path.basename(i.file) for i in written.tensors.values()})
     res.seconds = time.perf_counter() - t0
     return res
@@ -283,7 +290,7 @@ def run_cli(args, cfg: PruneConfig, say) -> tuple:
     if cfg.uniform and cfg.scope == "global":
         raise ValueError("--uniform keeps one width per class of layers; a streamed run gets that from local "
                          "ratios: drop --scope global")
-    _check_out(path, out)
+    check_out(path, out)
     say(f"planning {path} on the meta device (config.json, tensor headers)")
     plan = plan_checkpoint(path)
     data = None

@@ -365,6 +365,12 @@ def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None
         >>> abs(fxprune.count_macs(half, x) / fxprune.count_macs(net, x) - 0.5) <= 0.01
         True
     """
+    from ..api import _as_inputs
+    from ..checks.guard import own_inputs, refuse_unsupported, unwrap_compiled
+
+    model = unwrap_compiled(model)  # Note [Models fxprune refuses] in fxprune/checks/guard.py
+    refuse_unsupported(model)
+    example_inputs, example_kwargs, _ = own_inputs(model, _as_inputs(example_inputs), example_kwargs)
     cfg = dataclasses.replace(config, **options) if config is not None else PruneConfig(**options)
     crit = get_importance(cfg.importance)
     if crit.needs_data and data is None:

@@ -32,11 +32,15 @@ EXIT_INTERNAL, EXIT_INTERRUPTED = 70, 130
 EXIT_CODES = {
     EXIT_OK: "pruned (and, unless --no-verify, certified and both oracles exact)",
     EXIT_MISMATCH: "oracle mismatch: the analysis misses a coupling (please report it)",
-    EXIT_USAGE: "bad usage: bad ratio/option, unknown model, missing factory, unreachable target",
-    EXIT_CAPTURE: "capture failure: the model cannot be traced into an FX graph (try --leaf NAME)",
+    EXIT_USAGE: "bad usage: bad ratio/option, unknown model, missing factory, unreachable target; refused "
+                "input: --out is the input or not empty, an unsafe or inconsistent checkpoint (index outside its "
+                "folder, unknown architecture, missing/unexpected/mismatched tensors)",
+    EXIT_CAPTURE: "capture failure: the model cannot be traced into an FX graph (try --leaf NAME), or it is "
+                  "one fxprune refuses (quantization-aware, quantized, parametrized, or writes its input)",
     EXIT_MODEL: "the model does not run on its example inputs (wrong shape or rank, unsupported input or "
                 "output kind) or is on the meta device where values are needed",
-    EXIT_OUTPUT: "cannot write --save/--plot: missing directory, no permission, model not serializable",
+    EXIT_OUTPUT: "cannot write --save/--plot/--out: missing directory, no permission, disk full (nothing is "
+                 "left behind), model not serializable",
     EXIT_MISSING: "a missing optional package (torchvision, timm, matplotlib)",
     EXIT_INTERNAL: "internal error: a bug in fxprune (please report it with the --debug output)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
@@ -48,12 +52,14 @@ MODEL:
   resnet18                a torchvision model (weights=None), input 1x3x224x224
   timm:vit_tiny_patch16_224, or a timm name torchvision does not know (weights not downloaded)
   path/to/file.py:factory factory() returns a module or (module, example_inputs); a dict of
-                          example inputs is passed as keywords
+                          example inputs is passed as keywords. This RUNS the file's code (it is
+                          imported): only use files you trust
   hf:PATH                 a Hugging Face checkpoint directory (or a config.json alone: built on the
                           meta device, weight-free criteria only, nothing certified); --out DIR writes
                           the model pruned in place as a checkpoint and prints its per-layer widths;
                           --stream (automatic when the checkpoint does not fit in memory) prunes the
-                          safetensors shards tensor by tensor and block by block
+                          safetensors shards tensor by tensor and block by block. --out must be a
+                          new or empty directory, never the input; it appears only once complete
 
 exit codes:
 {codes}
@@ -200,6 +206,9 @@ def _check_options(args, cfg) -> None:
             raise _Fail(EXIT_OUTPUT, f"{flag} {path}: the directory {folder} does not exist; create it first")
         if folder and not os.access(folder, os.W_OK):
             raise _Fail(EXIT_OUTPUT, f"{flag} {path}: the directory {folder} is not writable")
+    if args.out and (args.model or "").startswith("hf:"):  # both hf paths: Note [Output directories]
+        from ..hf.outdir import check_out
+        check_out(args.model[3:], args.out)
     if args.plot:
         import importlib.util
         if importlib.util.find_spec("matplotlib") is None:
@@ -413,12 +422,24 @@ def _quiet_logs():
             lg.setLevel(level)
 
 
+def _interrupted(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def main(argv=None) -> int:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit code (see ``EXIT_CODES``)."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or an argparse usage error (2)
         return int(e.code or 0)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     say = _Progress(args.quiet)
     try:
         with _quiet_logs(), warnings.catch_warnings():
@@ -429,6 +450,9 @@ def main(argv=None) -> int:
         print("fxprune: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:
+        if _interrupted(e):  # Ctrl-C inside an import or a library that wraps it (transformers' lazy imports)
+            print("fxprune: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
         code = _exit_code(e)
         msg = (str(e).strip("'\"") if isinstance(e, KeyError) else str(e)) or type(e).__name__
         if code == EXIT_INTERNAL:
