@@ -31,6 +31,7 @@ from .meta import (CONSUMES, META_KEY, PRODUCES, ArgEdit, AttrEdit, ChannelMeta,
                    get_channel_meta)
 from .registry import method, register
 from .rewrite import rewrite_graph, runnable
+from .depth import Block, Branch, find_blocks, find_branches, remove_branches, silence_branches
 from .validate import graph_atoms, keep_indices, validate_keep
 
 __all__ = [
@@ -41,4 +42,5 @@ __all__ = [
     "PassError", "ShapePropagationError", "MissingAnalysisError", "InvalidKeepError", "RuleBugError",
     "strict", "is_strict", "graph_atoms", "validate_keep", "keep_indices",
     "method", "register",
+    "Block", "Branch", "find_blocks", "find_branches", "remove_branches", "silence_branches",
 ]
