@@ -216,3 +216,41 @@ def test_depth_options_are_validated_with_clear_errors():
         fxprune.select_blocks(dg, ("layers.9",))
     with pytest.raises(ValueError, match="has 4 removable blocks"):
         fxprune.select_blocks(dg, 5, fxprune.score_blocks(dg, "last"))
+
+
+RES_FILE = '''
+import torch
+import torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(6, 8)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+                                    for _ in range(4))
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.inp(x)
+        for b in self.blocks:
+            x = x + b(x)
+        return self.out(x)
+
+def make():
+    torch.manual_seed(0)
+    return Net().eval(), (torch.randn(2, 5, 6),)
+'''
+
+
+def test_cli_depth_ratio(tmp_path, capsys):
+    from fxprune.tools.cli import main
+    path = tmp_path / "res_models.py"
+    path.write_text(RES_FILE)
+    code = main([f"{path}:make", "--ratio", "0", "--depth-ratio", "0.5", "-q", "--latency-runs", "0"])
+    out = capsys.readouterr().out
+    assert code == 0 and "2 blocks removed" in out and "oracles exact" in out, out
+    per_block = 8 * 2 + 8 * 16 + 16 + 16 * 8 + 8
+    total = 6 * 8 + 8 + 4 * per_block + 8 * 3 + 3
+    assert f"params {total} -> {total - 2 * per_block}" in out, out
+    code = main([f"{path}:make", "--depth-ratio", "1.5", "-q", "--latency-runs", "0"])
+    assert code == 2 and "[0, 1)" in capsys.readouterr().err
