@@ -207,11 +207,18 @@ def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False, check: b
         if cert is not None:
             attach(pruned, cert)
         return pruned
+    sizes = {dg.groups[i].size for i, g in enumerate(dg.groups) if g.atom in atoms and len(atoms[g.atom]) < g.size}
     if branches:
-        raise ValueError("removing blocks in place is not supported yet: prune a copy (inplace=False)")
+        from .hf.depth import apply_inplace_depth
+
+        depth_graph = remove_branches(pruned, branches)
+        model = apply_inplace_depth(dg, pruned, depth_graph, list(blocks),
+                                    edit=None if repair is None else repair.write_module)
+        if cert is not None:
+            attach(model, cert)
+        return model
     from .checks.inplace import apply_inplace
 
-    sizes = {dg.groups[i].size for i, g in enumerate(dg.groups) if g.atom in atoms and len(atoms[g.atom]) < g.size}
     model = apply_inplace(dg.model, dg, pruned, sizes, edit=None if repair is None else repair.write_module)
     if cert is not None:
         attach(model, cert)
