@@ -96,3 +96,11 @@ def test_block_outside_a_modulelist_is_refused_and_the_model_is_untouched():
         fxprune.apply(dg, {dg.groups[0]: [0, 1]}, inplace=True, blocks=fxprune.removable_blocks(dg)[:1])
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in before.items()}
     assert isinstance(model.layer1, nn.Sequential) and len(model.layer1) == 3
+
+
+def test_angular_scores_on_plain_batches_of_a_graph_captured_with_use_cache_false():
+    model = _build("llama")
+    dg = fxprune.analyze(model, (), dict(input_ids=ids(1, 7), use_cache=False))
+    scores = fxprune.score_blocks(dg, "angular", data=[{"input_ids": ids(2, 7, seed=s)} for s in range(2)])
+    assert sorted(scores) == [f"model.layers.{i}" for i in range(4)]
+    assert all(0.0 < v < 1.0 for v in scores.values())

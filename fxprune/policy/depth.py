@@ -92,9 +92,11 @@ class _StreamRecorder(fx.Interpreter):
 
 
 def _batches(dg, data) -> list:
+    """``(args, kwargs)`` per batch; the example's non-tensor keywords (``use_cache=False``) as calibration has them."""
     if data is None:
         return [(tuple(dg.example_args), dict(dg.example_kwargs))]
-    return [batch_inputs(b, len(dg.example_args)) for b in data]
+    consts = {k: v for k, v in dg.example_kwargs.items() if not isinstance(v, torch.Tensor)}
+    return [(a, {**consts, **k}) for a, k in (batch_inputs(b, len(dg.example_args)) for b in data)]
 
 
 @torch.no_grad()
@@ -102,7 +104,12 @@ def _stream_scores(dg, blocks: list, data, angular: bool) -> dict:
     gm = runnable(dg.gm)
     sums: dict = {}
     for args, kwargs in _batches(dg, data):
-        _StreamRecorder(gm, blocks, angular, sums).run(*_flat_inputs(gm, args, kwargs))
+        try:
+            flat = _flat_inputs(gm, args, kwargs)
+        except TypeError as e:
+            raise ValueError(f"a calibration batch does not fit the captured graph ({e}); batches are model "
+                             "inputs like the example inputs") from e
+        _StreamRecorder(gm, blocks, angular, sums).run(*flat)
     return {b.name: sums[b.name][0] / max(1, sums[b.name][1]) for b in blocks}
 
 
