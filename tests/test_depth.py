@@ -62,7 +62,8 @@ class Bottleneck(nn.Module):
     def __init__(self, c, downsample=False):
         super().__init__()
         self.conv1, self.bn1 = nn.Conv2d(c, 4, 1), nn.BatchNorm2d(4)
-        self.conv2, self.bn2 = nn.Conv2d(4, 2 * c if downsample else c, 3, padding=1), nn.BatchNorm2d(2 * c if downsample else c)
+        out = 2 * c if downsample else c
+        self.conv2, self.bn2 = nn.Conv2d(4, out, 3, padding=1), nn.BatchNorm2d(out)
         self.down = nn.Conv2d(c, 2 * c, 1) if downsample else None
 
     def forward(self, x):

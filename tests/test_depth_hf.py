@@ -1,4 +1,5 @@
-"""Depth pruning in place: decoder layers leave their ModuleList, layer_idx and config follow, checkpoints round trip."""
+"""Depth pruning in place: decoder layers leave their ModuleList, layer_idx and config follow, checkpoints
+round trip."""
 import copy
 
 import pytest
@@ -18,7 +19,8 @@ transformers = pytest.importorskip("transformers")
 def _build(family: str, **extra):
     cfg_cls, model_cls, kw, _ = FAMILIES[family]
     torch.manual_seed(0)
-    return getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**dict(kw, num_hidden_layers=4, **extra))).eval()
+    config = getattr(transformers, cfg_cls)(**dict(kw, num_hidden_layers=4, **extra))
+    return getattr(transformers, model_cls)(config).eval()
 
 
 SLIDING = dict(layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
