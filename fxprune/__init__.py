@@ -18,6 +18,7 @@ from .calib import OBS, Fluctuation, RepairReport, Wanda, calibrate, repair, rep
 from .policy.counting import Count, compare, count, count_macs, count_params, group_table, latency
 from .policy.importance import (BNScale, Criterion, Elementwise, FPGM, Hessian, Magnitude, Random, Taylor, get_importance,
                                 importance_names, register_importance)
+from .policy.depth import BLOCK_CRITERIA, removable_blocks, score_blocks, select_blocks
 from .policy.pruner import PruneConfig, PruneStep, plan, prune, prune_step, score_groups
 from .policy.selection import factor_roles, ignored_groups
 from .policy.sparsity import GroupSparsity
@@ -36,4 +37,5 @@ __all__ = [
     "register_importance", "get_importance", "importance_names", "factor_roles", "ignored_groups",
     "Count", "count", "count_macs", "count_params", "compare", "group_table", "latency",
     "Wanda", "Fluctuation", "OBS", "calibrate", "repair", "repair_report", "RepairReport",
+    "removable_blocks", "score_blocks", "select_blocks", "BLOCK_CRITERIA",
 ]

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from fxprune.passes import InvalidKeepError, RuleBugError, ShapePropagationError, analyze_graph, keep_indices, keys, rewrite_graph
+from fxprune.passes.depth import remove_branches
 
 from .capture import capture
 from .capture.frontends import capture_exported
@@ -155,7 +156,8 @@ def _resolve_group(dg: DependencyGraph, key: Union[Group, int]) -> Group:
     return key
 
 
-def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False, check: bool = True, repair=None):
+def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False, check: bool = True, repair=None,
+          blocks: Iterable = ()):
     """Emit the pruned model: a new ``fx.GraphModule``.
 
     Args:
@@ -175,6 +177,9 @@ def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False, check: b
             weights) to write into the result: the one deliberate change of function, reported in
             ``fxprune.repair_report(result)``. With ``inplace=True`` it is written inside the
             in-place transaction and checked with it.
+        blocks: whole blocks to remove as well (:class:`fxprune.passes.depth.Block`, from
+            :func:`fxprune.removable_blocks`): each branch's add returns its skip, the branch and its
+            parameters are deleted (exactly the model with the branch's output zeroed).
 
     Returns:
         A new ``torch.fx.GraphModule`` (the analysed model is not modified), or with
@@ -204,14 +209,26 @@ def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False, check: b
     pruned = rewrite_graph(dg.gm, atoms)
     if repair is not None:
         repair.write(pruned)
+    branches = [br for b in blocks for br in b.branches]
+    if branches and not inplace:
+        remove_branches(pruned, branches, inplace=True)
     if not inplace:
         _set_modes(dg, pruned)
         if cert is not None:
             attach(pruned, cert)
         return pruned
+    sizes = {dg.groups[i].size for i, g in enumerate(dg.groups) if g.atom in atoms and len(atoms[g.atom]) < g.size}
+    if branches:
+        from .hf.depth import apply_inplace_depth
+
+        depth_graph = remove_branches(pruned, branches)
+        model = apply_inplace_depth(dg, pruned, depth_graph, list(blocks),
+                                    edit=None if repair is None else repair.write_module)
+        if cert is not None:
+            attach(model, cert)
+        return model
     from .checks.inplace import apply_inplace
 
-    sizes = {dg.groups[i].size for i, g in enumerate(dg.groups) if g.atom in atoms and len(atoms[g.atom]) < g.size}
     model = apply_inplace(dg.model, dg, pruned, sizes, edit=None if repair is None else repair.write_module)
     if cert is not None:
         attach(model, cert)

@@ -32,6 +32,7 @@ from .meta import (CONSUMES, META_KEY, PRODUCES, ArgEdit, AttrEdit, ChannelMeta,
                    get_channel_meta)
 from .registry import method, register
 from .rewrite import cut_tensor, rewrite_graph, runnable
+from .depth import Block, Branch, find_blocks, find_branches, remove_branches, silence_branches
 from .validate import graph_atoms, keep_indices, validate_keep
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "PassError", "ShapePropagationError", "MissingAnalysisError", "InvalidKeepError", "RuleBugError",
     "strict", "is_strict", "graph_atoms", "validate_keep", "keep_indices",
     "method", "register", "keys",
+    "Block", "Branch", "find_blocks", "find_branches", "remove_branches", "silence_branches",
 ]

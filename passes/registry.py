@@ -21,7 +21,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 __all__ = ["register", "method", "lookup", "rule_name", "registered_keys", "qualname",
-           "declare_shape", "shape_kind"]
+           "declare_shape", "shape_kind", "alias_rule"]
 
 _RULES: dict[Any, Callable] = {}
 _SHAPES: dict[Any, str] = {}  # key -> "same" | "broadcast": output shape known without running the op
@@ -69,6 +69,16 @@ def shape_kind(node: fx.Node, module: Optional[nn.Module] = None) -> Optional[st
         return _SHAPES.get(node.target)
     except TypeError:
         return None
+
+
+def alias_rule(key: Any, of: Any) -> Optional[Any]:
+    """Register ``of``'s rule (and shape kind) for ``key`` when ``key`` has none; returns ``key`` if it did."""
+    if key in _RULES or of not in _RULES:
+        return None
+    _RULES[key] = _RULES[of]
+    if of in _SHAPES:
+        _SHAPES[key] = _SHAPES[of]
+    return key
 
 
 def registered_keys() -> list:

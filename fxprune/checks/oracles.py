@@ -19,7 +19,7 @@ import torch.nn as nn
 from tabulate import tabulate
 from torch.utils._pytree import tree_map
 
-from fxprune.passes import fold_registry, get_channel_meta, rewrite_graph, runnable
+from fxprune.passes import fold_registry, get_channel_meta, remove_branches, rewrite_graph, runnable, silence_branches
 
 from ..capture.modes import on_meta
 from ..errors import MetaDeviceError, OracleMismatchError
@@ -42,6 +42,7 @@ class VerifyReport:
     rtol: float = 1e-9
     removal_fraction: float = 0.0  # share of the parameters the removal oracle's pruned model lost
     failures: list = field(default_factory=list)  # pruned models that failed to run, and why
+    blocks: tuple = ()  # whole blocks both oracles also removed (depth): against the model with them silenced
 
     @property
     def passed(self) -> bool:
@@ -55,6 +56,8 @@ class VerifyReport:
              "ok" if self.removal_error <= self.rtol else "MISMATCH"],
         ]
         text = tabulate(rows, headers=["oracle", "checked", "max rel. error", f"rtol {self.rtol:g}"])
+        if self.blocks:
+            text += f"\nboth oracles also removed {len(self.blocks)} blocks (vs. their outputs zeroed): {list(self.blocks)}"
         if self.skipped:
             text += f"\nremoval oracle skipped {len(self.skipped)} groups mixed by normalization/reduction"
         for failure in self.failures:
@@ -121,13 +124,16 @@ def _refuse_meta(model: nn.Module, example_inputs) -> None:
             "CPU example inputs")
 
 
-def _pruned_error(ref, gm, keep: dict, inputs: tuple, kwargs: dict, oracle: str, failures: list) -> tuple:
+def _pruned_error(ref, gm, keep: dict, inputs: tuple, kwargs: dict, oracle: str, failures: list,
+                  branches: tuple = ()) -> tuple:
     """The relative error of the pruned ``gm`` against ``ref``, and the pruned model (None if the rewrite
     failed); a pruned model that fails to run (a shape mismatch from a missed coupling) is a mismatch,
     recorded in ``failures``."""
     pruned = None
     try:
         pruned = rewrite_graph(gm, keep)
+        if branches:
+            pruned = remove_branches(pruned, branches, inplace=True)
         out = pruned(*inputs, **kwargs)
     except Exception as e:  # noqa: BLE001 - any failure of the pruned model is the oracle's finding
         failures.append(f"{oracle} oracle: the pruned model fails to run: {type(e).__name__}: "
@@ -136,9 +142,18 @@ def _pruned_error(ref, gm, keep: dict, inputs: tuple, kwargs: dict, oracle: str,
     return relative_error(ref, out), pruned
 
 
+def _depth_blocks(dg, depth, seed: int) -> list:
+    """The blocks the oracles remove: ``depth`` chosen at random (seeded) unless names are given."""
+    if depth is None:
+        return []
+    from ..policy.depth import score_blocks, select_blocks  # the checks sit below the policy: no import circle
+
+    return select_blocks(dg, depth, score_blocks(dg, "random", seed=seed))
+
+
 def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = None, *, seed: int = 0,
            removal: float = 1 / 3, rtol: float = 1e-9, leaf_modules: Iterable = (),
-           raise_on_mismatch: bool = True, fold: bool = False) -> VerifyReport:
+           raise_on_mismatch: bool = True, fold: bool = False, depth=None) -> VerifyReport:
     """Run the permutation and removal oracles on a float64 copy of ``model`` (in eval mode).
 
     Args:
@@ -148,6 +163,9 @@ def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = No
         removal: fraction of each group the removal oracle removes.
         rtol: largest relative error accepted (float64 rounding is ~1e-15).
         fold: analyse with repeated blocks folded (see :func:`fxprune.analyze`).
+        depth: also remove whole blocks in both oracles (a fraction of the removable blocks chosen at
+            random with ``seed``, a count, or block names; see :func:`fxprune.removable_blocks`): the
+            reference is then the model with those blocks' branch outputs zeroed.
 
     Returns:
         A :class:`VerifyReport`; raises :class:`OracleMismatchError` on a mismatch.
@@ -175,19 +193,24 @@ def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = No
     inputs = tuple(x for i, x in enumerate(inputs) if i not in set(dg.lifted))  # now graph attributes
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad(), _float64_default():
-        ref = runnable(dg.gm)(*inputs, **kwargs)
+        blocks = _depth_blocks(dg, depth, seed)
+        branches = tuple(br for b in blocks for br in b.branches)
+        silenced = silence_branches(runnable(dg.gm), branches) if branches else runnable(dg.gm)
+        ref = silenced(*inputs, **kwargs)
         perm = {g.atom: torch.randperm(g.size, generator=gen) for g in dg.groups}
         failures: list = []
-        perm_err, _ = _pruned_error(ref, dg.gm, perm, inputs, kwargs, "permutation", failures)
+        perm_err, _ = _pruned_error(ref, dg.gm, perm, inputs, kwargs, "permutation", failures, branches)
         safe = [g for g in dg.groups if g.mixing is None]
         keep = {g.atom: _random_keep(g.size, removal, gen) for g in safe}
         zeroed = copy.deepcopy(dg.gm)
         _zero_removed_consumers(zeroed, keep)
-        rem_err, removed = _pruned_error(runnable(zeroed)(*inputs, **kwargs), zeroed, keep, inputs, kwargs,
-                                         "removal", failures)
+        rem_ref = silence_branches(runnable(zeroed), branches) if branches else runnable(zeroed)
+        rem_err, removed = _pruned_error(rem_ref(*inputs, **kwargs), zeroed, keep, inputs, kwargs,
+                                         "removal", failures, branches)
     share = 0.0 if removed is None else 1.0 - _numel(removed) / max(1, _numel(dg.gm))
     report = VerifyReport(len(dg.groups), sum(g.size for g in dg.groups), perm_err, len(safe), rem_err,
-                          [(g.name, g.mixing) for g in dg.groups if g.mixing is not None], rtol, share, failures)
+                          [(g.name, g.mixing) for g in dg.groups if g.mixing is not None], rtol, share, failures,
+                          tuple(b.name for b in blocks))
     if raise_on_mismatch and not report.passed:
         raise OracleMismatchError(f"pruned {type(model).__name__} does not compute what the original "
                                   f"computes; a rule misses a coupling:\n{report}")

@@ -37,6 +37,7 @@ from ..calib.pipeline import calibration_for, needs_calibration, repair_plan
 from ..calib.allocation import coordinate_costs
 from ..errors import MetaDeviceError
 from .counting import count_macs, count_params
+from .depth import BLOCK_CRITERIA, check_depth, score_blocks, select_blocks
 from .expressible import expressible
 from .importance import Random, Taylor, get_importance
 from .selection import group_ratios, select_global, select_local
@@ -82,6 +83,11 @@ class PruneConfig:
         uniform: with ``inplace=True``: every class of equivalent groups keeps one count across layers,
             and only what a stock config describes is pruned, so that plain ``from_pretrained`` loads the
             saved model (Note [Expressible pruning] in ``fxprune/policy/expressible.py``).
+        depth_ratio: whole blocks removed as well (``fxprune/policy/depth.py``): a fraction of the removable
+            blocks, a count, or block names (``fxprune.removable_blocks(dg)``); ``None``: none. Combine with
+            ``ratio=0`` for depth pruning alone.
+        block_importance: how blocks are ranked: ``"angular"`` (calibrated on ``data``, default the example
+            inputs), ``"cosine"``, ``"loss"`` (needs ``data`` and ``loss_fn``), ``"last"`` or ``"random"``.
     """
 
     ratio: float = 0.5
@@ -102,6 +108,9 @@ class PruneConfig:
     repair: Optional[str] = None
     budget: str = "coordinates"
     uniform: bool = False
+    # -- depth (whole blocks) --
+    depth_ratio: Union[None, float, int, tuple] = None
+    block_importance: str = "angular"
 
     def __post_init__(self):
         for name, r in [("ratio", self.ratio)] + [(f"ratios[{k!r}]", v) for k, v in self.ratios.items()]:
@@ -125,6 +134,11 @@ class PruneConfig:
         object.__setattr__(self, "ignore", name_list(self.ignore, "ignore"))
         object.__setattr__(self, "leaf_modules", name_list(self.leaf_modules, "leaf_modules"))
         get_importance(self.importance)  # unknown names fail here, not after analysis
+        object.__setattr__(self, "depth_ratio", check_depth(self.depth_ratio))
+        _check(self.block_importance in BLOCK_CRITERIA, f"block_importance must be one of {sorted(BLOCK_CRITERIA)}, "
+               f"got {self.block_importance!r}")
+        _check(self.depth_ratio is None or self.iterative_steps == 1, "depth_ratio removes blocks in one step: "
+               "use iterative_steps=1")
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -240,6 +254,7 @@ class PruneStep:
         certificate: the :class:`~fxprune.checks.Certificate` (None with ``check=False``).
         expressible: with ``inplace=True``, the :class:`~fxprune.policy.expressible.Expressible`: the groups
             the model's own forward can follow, and those left out and why.
+        blocks: the names of the whole blocks removed (``depth_ratio``).
     """
 
     model: fx.GraphModule
@@ -247,6 +262,7 @@ class PruneStep:
     target: Optional[float] = None
     certificate: Optional[object] = None
     expressible: Optional[object] = None
+    blocks: tuple = ()
 
 
 def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[float] = None, data=None, loss_fn=None,
@@ -299,10 +315,21 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
     keep = _search(dg, scores, cfg, counter, target, progress, only) if counter is not None else \
         plan(dg, scores, cfg, only=only)
     fix = repair_plan(dg, keep, cal, cfg.repair, inplace)
-    model = apply(dg, keep, check=check, inplace=inplace, repair=fix)
+    blocks = _depth(dg, cfg, data, loss_fn)
+    model = apply(dg, keep, check=check, inplace=inplace, repair=fix, blocks=blocks)
     if only is not None:
         model.__dict__[keys.EXPRESSIBLE_ATTR] = only
-    return PruneStep(model, keep, target, getattr(model, keys.CERTIFICATE_ATTR, None), only)
+    return PruneStep(model, keep, target, getattr(model, keys.CERTIFICATE_ATTR, None), only,
+                     tuple(b.name for b in blocks))
+
+
+def _depth(dg, cfg: PruneConfig, data, loss_fn) -> list:
+    """The blocks ``cfg.depth_ratio`` removes, ranked by ``cfg.block_importance``."""
+    if cfg.depth_ratio is None:
+        return []
+    scores = None if isinstance(cfg.depth_ratio, tuple) else \
+        score_blocks(dg, cfg.block_importance, data=data, loss_fn=loss_fn)
+    return select_blocks(dg, cfg.depth_ratio, scores)
 
 
 def _refuse_meta(model: nn.Module, crit) -> None:

@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="reach X MACs (X <= 1: fraction of the original), found by bisection")
     amount.add_argument("--target-params", type=float, metavar="X",
                         help="reach X parameters (X <= 1: fraction of the original)")
+    p.add_argument("--depth-ratio", type=_depth_arg, default=None, metavar="X",
+                   help="also remove whole residual blocks: a fraction in [0, 1) of the removable blocks, or a "
+                        "count (an integer >= 1); combine with --ratio 0 for depth alone")
+    p.add_argument("--block-importance", default="angular", metavar="NAME",
+                   help="how blocks are ranked: angular (default; on --calib batches, else the example input), "
+                        "cosine, loss (needs --calib-batches), last, random")
     p.add_argument("--tolerance", type=float, default=0.01,
                    help="relative tolerance of --target-macs/--target-params (default 0.01)")
     p.add_argument("--importance", default=None,
@@ -168,6 +174,15 @@ class _Progress:
 
 # -- step 0: options ------------------------------------------------------------------------------
 
+def _depth_arg(text: str):
+    """``--depth-ratio``: ``0.25`` is a fraction, ``3`` a count."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction or a block count, got {text!r}") from None
+    return int(value) if value >= 1 and value == int(value) else value
+
+
 def _config(args):
     from ..policy.pruner import PruneConfig
     if args.fold and args.iterative_steps > 1:
@@ -178,7 +193,8 @@ def _config(args):
                            max_ratio=args.max_ratio, target_macs=args.target_macs, target_params=args.target_params,
                            tolerance=args.tolerance,
                            iterative_steps=args.iterative_steps, leaf_modules=tuple(args.leaf), repair=args.repair,
-                           uniform=args.uniform)
+                           uniform=args.uniform, depth_ratio=args.depth_ratio,
+                           block_importance=args.block_importance)
     except (ValueError, TypeError, KeyError) as e:
         raise _Fail(EXIT_USAGE, str(e).strip("'\""))
 
@@ -194,6 +210,10 @@ def _check_options(args, cfg) -> None:
     if crit.needs_data and args.calib_batches <= 0:
         raise _Fail(EXIT_USAGE, f"importance {args.importance!r} needs gradients: pass --calib-batches N "
                                 "(random inputs labelled by the model itself) or use the Python API with data")
+    if cfg.depth_ratio is not None and cfg.block_importance == "loss" and args.calib_batches <= 0:
+        raise _Fail(EXIT_USAGE, "--block-importance loss needs --calib-batches N (inputs labelled by the model)")
+    if cfg.depth_ratio is not None and args.out:
+        raise _Fail(EXIT_USAGE, "--depth-ratio with --out is not supported yet: use --save (an fx graph)")
     if args.latency_runs < 0:
         raise _Fail(EXIT_USAGE, "--latency-runs must be >= 0")
     if args.threads is not None and args.threads < 1:
@@ -289,11 +309,13 @@ class _Pruned:
     seconds: float
     certificate: object
     inplace: bool = False  # --out: the loaded model itself was pruned; m.model is a copy of it as it was
+    blocks: tuple = ()  # names of the whole blocks removed (--depth-ratio)
 
 
 def _prune(args, m: _Loaded, dg, cfg, say) -> _Pruned:
     from fxprune.passes import keys
 
+    from ..calib import random_batches
     from ..policy.pruner import prune, prune_step
     from ..hf.output import prunes_in_place
     from ..policy.counting import count_params
@@ -315,8 +337,12 @@ def _prune(args, m: _Loaded, dg, cfg, say) -> _Pruned:
         what = (f"searching the ratio that reaches {'MACs' if cfg.target_macs else 'params'} "
                 f"{cfg.target_macs or cfg.target_params:g}" if cfg.target_macs or cfg.target_params else "selecting")
         say(f"scoring {len(dg.groups)} groups ({args.importance}), {what}, rewriting" + (", certifying" if check else ""))
+        if cfg.depth_ratio is not None and cfg.block_importance == "loss" and data is None:
+            data = _calibration(m, args.calib_batches, say)
+        elif cfg.depth_ratio is not None and data is None and args.calib > 0:
+            data = random_batches(m.args, args.calib, args.seed + 1)
         step = prune_step(dg, cfg, data=data, check=check, progress=say.bars)
-        return _Pruned(step.model, step.keep, time.perf_counter() - t, step.certificate)
+        return _Pruned(step.model, step.keep, time.perf_counter() - t, step.certificate, blocks=step.blocks)
     n, params0 = cfg.iterative_steps, count_params(m.model)
     say(f"pruning step 1/{n}")
 
@@ -350,7 +376,8 @@ def _report(args, m: _Loaded, dg, res: _Pruned, t_analyze: float, cfg, say) -> t
     report = None
     if not args.no_verify:
         say("verifying: permutation and removal oracles on a fresh float64 analysis")
-        report = verify(m.model, m.args, kw, leaf_modules=cfg.leaf_modules, raise_on_mismatch=False, fold=args.fold)
+        report = verify(m.model, m.args, kw, leaf_modules=cfg.leaf_modules, raise_on_mismatch=False, fold=args.fold,
+                        depth=res.blocks or None)
     lat = None
     if args.latency_runs:
         say(f"timing CPU latency ({args.latency_runs} runs each, {torch.get_num_threads()} threads)")
@@ -362,7 +389,8 @@ def _report(args, m: _Loaded, dg, res: _Pruned, t_analyze: float, cfg, say) -> t
     status = "not run (--no-verify)" if report is None else "exact" if passed else "MISMATCH"
     lat_s = f", latency {lat[0]:.2f} -> {lat[1]:.2f} ms" if lat else ""
     p0, macs0, p1, macs1 = counts
-    summary = (f"{m.label}: {len(dg.groups)} groups, params {p0} -> {p1} ({p1 / p0:.1%}), "
+    depth = f", {len(res.blocks)} blocks removed" if res.blocks else ""
+    summary = (f"{m.label}: {len(dg.groups)} groups{depth}, params {p0} -> {p1} ({p1 / p0:.1%}), "
                f"MACs {si(macs0)} -> {si(macs1)}{lat_s}, oracles {status}")
     return summary, (EXIT_OK if passed else EXIT_MISMATCH)
 

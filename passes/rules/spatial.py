@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from ..context import SV, TV, RuleContext
 from ..registry import method, register
 
-__all__ = ["spatial", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle"]
+__all__ = ["spatial", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "unfold", "fold"]
 
 _SPATIAL_FNS = {
     F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3, F.avg_pool1d: 1, F.avg_pool2d: 2,
@@ -107,3 +107,33 @@ def channel_shuffle(ctx: RuleContext) -> TV:
     else:
         ctx.edit(ctx.path(1, "groups"), g_layout)
     return ctx.result((x.dims[0], axes.product(per, g_layout), *x.dims[2:]))
+
+
+def _kernel_count(ctx: RuleContext, i: int, name: str) -> int:
+    k = ctx.module.kernel_size if ctx.module is not None else ctx.const(i, name)
+    k = (k, k) if isinstance(k, int) else tuple(k)
+    return int(k[0]) * int(k[1])
+
+
+@register(F.unfold, nn.Unfold, torch._C._nn.im2col, torch.ops.aten.im2col)
+def unfold(ctx: RuleContext) -> TV:
+    """``im2col``: (C, H, W) -> (C*K, L), K the kernel positions (pinned), L the patches (computed).
+    Out-channels are product(C, K) as in pixel unshuffle: pruning c removes its K columns."""
+    x = ctx.tensor(0, "input")
+    kpos = ctx.axes.fresh(_kernel_count(ctx, 1, "kernel_size"), pinned=f"unfold kernel positions at {ctx.where}")
+    for d in x.dims[-2:]:
+        ctx.pin(d, f"spatial dimension of {ctx.where}")
+    shape = ctx.out_shape()
+    return ctx.result((*x.dims[:-3], ctx.axes.product(x.dims[-3], kpos), ctx.computed(shape[-1])))
+
+
+@register(F.fold, nn.Fold, torch._C._nn.col2im, torch.ops.aten.col2im)
+def fold(ctx: RuleContext) -> TV:
+    """``col2im``: (C*K, L) -> (C, H, W); in-channels are product(C, K), L is spatial."""
+    x = ctx.tensor(0, "input")
+    shape = ctx.out_shape()
+    k = _kernel_count(ctx, 2, "kernel_size")
+    c = ctx.fresh(shape[-3])
+    ctx.unify(x.dims[-2], ctx.axes.product(c, ctx.axes.fresh(k, pinned=f"fold kernel positions at {ctx.where}")))
+    ctx.pin(x.dims[-1], f"patch dimension of {ctx.where}")
+    return ctx.result((*x.dims[:-2], c, ctx.computed(shape[-2]), ctx.computed(shape[-1])))

@@ -1,0 +1,155 @@
+"""Whole blocks removed in place: layers leave their ``ModuleList``, indices and the config follow.
+
+Note [Layers in place]
+~~~~~~~~~~~~~~~~~~~~~~
+A block removed in place must be an element of a ``ModuleList`` (``model.layers.3``).
+After the width transaction (Note [In place] in ``fxprune/checks/inplace.py``), a
+second one:
+
+1. the kept elements become the new list, in order;
+2. every module inside a kept layer whose ``layer_idx`` is the layer's old index
+   gets its new one, so the KV cache (indexed by ``layer_idx``) stays dense;
+3. on an HF model, ``config.num_hidden_layers`` takes the new count where it counted
+   that list, every config list with one entry per layer (``layer_types``,
+   sliding-window patterns, per-layer widths) keeps the kept layers' entries, and the
+   per-layer shapes of the ``fxprune`` section are renamed to the new indices;
+4. the eager forward must compute the pruned graph (branches removed), and so must
+   the model a checkpoint loads (rebuilt from the config read back from JSON).
+
+Whatever fails, both transactions are undone: the model comes back as it was.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from typing import Optional
+
+import torch.nn as nn
+
+from ..checks.inplace import InPlaceMismatchError, _check, _first_line, _Transaction, _transaction
+from ..errors import FxPruneError
+
+__all__ = ["apply_inplace_depth", "removal_plan"]
+
+
+def removal_plan(model: nn.Module, blocks) -> dict:
+    """``{ModuleList path: sorted removed indices}``; raises where a block is not a list element."""
+    plan: dict = {}
+    for b in blocks:
+        parent, _, idx = b.name.rpartition(".")
+        holder = model.get_submodule(parent) if parent else None
+        if not idx.isdigit() or not isinstance(holder, nn.ModuleList):
+            raise FxPruneError(f"block {b.name!r} is not an element of an nn.ModuleList, so it cannot be removed "
+                               "in place; use inplace=False (the returned GraphModule drops it)")
+        plan.setdefault(parent, set()).add(int(idx))
+    return {k: sorted(v) for k, v in plan.items()}
+
+
+def _renumber(layer: nn.Module, old: int, new: int) -> None:
+    for m in layer.modules():
+        if m.__dict__.get("layer_idx") == old:
+            m.layer_idx = new
+
+
+def _drop(model: nn.Module, path: str, removed: list) -> list:
+    """Remove the elements of the ModuleList at ``path``; returns the kept old indices."""
+    holder = model.get_submodule(path)
+    kept = [i for i in range(len(holder)) if i not in set(removed)]
+    layers = [holder[i] for i in kept]
+    holder._modules.clear()
+    for new, (old, layer) in enumerate(zip(kept, layers)):
+        holder._modules[str(new)] = layer
+        _renumber(layer, old, new)
+    return kept
+
+
+def _rename(name: str, path: str, index: dict) -> Optional[str]:
+    m = re.match(rf"^{re.escape(path)}\.(\d+)(\..*)?$", name)
+    if m is None:
+        return name
+    new = index.get(int(m.group(1)))
+    return None if new is None else f"{path}.{new}{m.group(2) or ''}"
+
+
+def _config_follows(model: nn.Module, tx, path: str, kept: list, n_old: int) -> None:
+    from .config import SECTION
+    from .inplace import _live_configs
+
+    config = model.config
+    if getattr(config, "num_hidden_layers", None) != n_old:
+        raise FxPruneError(f"{path} has {n_old} layers but config.num_hidden_layers is "
+                           f"{getattr(config, 'num_hidden_layers', None)}: removing layers in place needs the list "
+                           "the config counts; use inplace=False")
+    for c in _live_configs(model):
+        tx.keep(c)
+        for k, v in list(vars(c).items()):
+            if isinstance(v, (list, tuple)) and len(v) == n_old and not k.startswith("_"):
+                setattr(c, k, type(v)(v[i] for i in kept))
+        if getattr(c, "num_hidden_layers", None) == n_old:
+            c.num_hidden_layers = len(kept)
+    section = getattr(config, SECTION, None)
+    if isinstance(section, dict) and section.get("per_layer"):
+        index = {old: new for new, old in enumerate(kept)}
+        per_layer = {}
+        for k, v in section["per_layer"].items():
+            renamed = _rename(k, path, index)
+            if renamed is not None:
+                per_layer[renamed] = v
+        setattr(config, SECTION, {**section, "per_layer": per_layer})
+
+
+def _rebuilt_check(model: nn.Module):
+    """A step for ``_check``: the model a checkpoint of ``model`` loads computes the same."""
+    class _Step:
+        def check(self, run, compare):
+            from .load import rebuild
+            try:
+                return compare(run(rebuild(copy.deepcopy(model.config), model.state_dict(), type(model))))
+            except Exception as e:  # noqa: BLE001 - any failure of the reloaded model is the finding
+                return f"the model a checkpoint loads fails: {type(e).__name__}: {_first_line(e)}"
+    return _Step()
+
+
+def _depth_transaction(model: nn.Module, dg, graph, blocks) -> Optional[str]:
+    from .inplace import is_hf_model
+
+    tx = _Transaction(model)
+    try:
+        for path, removed in removal_plan(model, blocks).items():
+            n_old = len(model.get_submodule(path))
+            kept = _drop(model, path, removed)
+            if is_hf_model(model):
+                _config_follows(model, tx, path, kept, n_old)
+        steps = (_rebuilt_check(model),) if is_hf_model(model) else ()
+        problem = _check(model, dg, graph, None, steps)
+    except Exception:
+        tx.restore()
+        raise
+    if problem:
+        tx.restore()
+    return problem
+
+
+def apply_inplace_depth(dg, width_graph, depth_graph, blocks, edit=None) -> nn.Module:
+    """Width in place (``width_graph``, as :func:`fxprune.checks.inplace.apply_inplace`), then the ``blocks``
+    removed (Note [Layers in place]); the eager model must compute ``depth_graph``. One transaction for both."""
+    model = dg.model
+    removal_plan(model, blocks)  # refuse before anything changes
+    tx, _, problem = _transaction(model, dg, width_graph, None, None, edit)
+    if problem:
+        tx.restore()
+        raise InPlaceMismatchError(f"in-place pruning of {type(model).__name__} was undone: {problem}")
+    try:
+        problem = _depth_transaction(model, dg, depth_graph, blocks)
+    except Exception as e:
+        tx.restore()
+        raise InPlaceMismatchError(f"removing blocks of {type(model).__name__} in place failed and was undone: "
+                                   f"{type(e).__name__}: {_first_line(e)}") from e
+    if problem:
+        tx.restore()
+        raise InPlaceMismatchError(f"removing blocks of {type(model).__name__} in place was undone: {problem}. "
+                                   "The pruned graph is right; use inplace=False")
+    for p in tx.resized:
+        if p.grad is not None and p.grad.shape != p.shape:
+            p.grad = None
+    return model
