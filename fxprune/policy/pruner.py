@@ -36,6 +36,7 @@ from ..capture.modes import on_meta
 from ..calib.pipeline import calibration_for, needs_calibration, repair_plan
 from ..calib.allocation import coordinate_costs
 from ..errors import MetaDeviceError
+from .budget import measured_plan
 from .counting import count_macs, count_params
 from .expressible import expressible
 from .importance import Random, Taylor, get_importance
@@ -77,8 +78,10 @@ class PruneConfig:
         repair: ``None``, ``"bias"`` or ``"lstsq"``: refit every consumer of removed channels on the
             calibration ``data`` (Note [Repair] in ``fxprune/calib/repair.py``); opt-in, reported in
             ``fxprune.repair_report(result)``.
-        budget: what ``ratio`` counts under ``scope="global"``: ``"coordinates"`` or ``"params"``
-            (each coordinate weighs the parameters it removes, FLAP's compression weights).
+        budget: what ``ratio`` counts under ``scope="global"``: ``"coordinates"``, ``"params"`` or
+            ``"macs"``: the share of the parameters (MACs) of every tensor a candidate group prunes,
+            measured on the pruned layouts, the same for every criterion (Note [Honoured budgets] in
+            ``fxprune/policy/budget.py``); coordinates are ranked weighing what they remove (FLAP).
         uniform: with ``inplace=True``: every class of equivalent groups keeps one count across layers,
             and only what a stock config describes is pruned, so that plain ``from_pretrained`` loads the
             saved model (Note [Expressible pruning] in ``fxprune/policy/expressible.py``).
@@ -120,7 +123,7 @@ class PruneConfig:
         _check(0.0 < self.tolerance < 0.5, f"tolerance must be in (0, 0.5), got {self.tolerance}")
         _check(self.repair is None or self.repair in REPAIRS, f"repair must be None or one of {REPAIRS}, "
                f"got {self.repair!r}")
-        _check(self.budget in ("coordinates", "params"), f"budget must be 'coordinates' or 'params', "
+        _check(self.budget in ("coordinates", "params", "macs"), "budget must be 'coordinates', 'params' or 'macs', "
                f"got {self.budget!r}")
         object.__setattr__(self, "ignore", name_list(self.ignore, "ignore"))
         object.__setattr__(self, "leaf_modules", name_list(self.leaf_modules, "leaf_modules"))
@@ -162,9 +165,12 @@ def plan(dg, scores: dict, cfg: PruneConfig, ratio: Optional[float] = None, only
     allowed, ties, rounding = (None, (), None) if only is None else (only.allowed(), only.ties(), only.round_to())
     if cfg.scope == "global":
         ratios = group_ratios(dg, cfg, cfg.max_ratio, allowed)
-        costs = coordinate_costs(dg, ratios) if cfg.budget == "params" else None
-        return select_global(scores, ratios, ratio, cfg, costs, ties, rounding)
-    return select_local(scores, group_ratios(dg, cfg, ratio, allowed), cfg, ties, rounding)
+        if cfg.budget == "coordinates":
+            return select_global(scores, ratios, ratio, cfg, None, ties, rounding)
+        costs = coordinate_costs(dg, ratios)
+        return measured_plan(dg, lambda r: select_global(scores, ratios, r, cfg, costs, ties, rounding),
+                             ratios, ratio, cfg.budget)
+    return select_local(scores, group_ratios(dg, cfg, ratio, allowed), cfg, ties, rounding, dg)
 
 
 def _counter(cfg: PruneConfig, inputs, kwargs: Optional[dict] = None) -> Optional[Callable]:

@@ -1,0 +1,101 @@
+"""Ratios on factored head groups, budgets honoured for every criterion, sequential repair."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fxprune
+from fxprune.policy.factored import components, split_counts
+
+E = 12
+
+
+class GQABlock(nn.Module):
+    """GQA attention (4 query heads, 2 kv heads, head dim 8) and an MLP, residual stream of width E."""
+
+    def __init__(self, h=4, kv=2, d=8, mlp=24, classes=5):
+        super().__init__()
+        self.h, self.kv, self.d = h, kv, d
+        self.q, self.k, self.v = nn.Linear(E, h * d), nn.Linear(E, kv * d), nn.Linear(E, kv * d)
+        self.o = nn.Linear(h * d, E)
+        self.up, self.down = nn.Linear(E, mlp), nn.Linear(mlp, E)
+        self.head = nn.Linear(E, classes)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        r = self.h // self.kv
+        q = self.q(x).view(b, n, -1, self.d).transpose(1, 2)
+        k = self.k(x).view(b, n, -1, self.d).transpose(1, 2)
+        v = self.v(x).view(b, n, -1, self.d).transpose(1, 2)
+        k = k[:, :, None].expand(b, k.shape[1], r, n, self.d).reshape(b, -1, n, self.d)
+        v = v[:, :, None].expand(b, v.shape[1], r, n, self.d).reshape(b, -1, n, self.d)
+        x = x + self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1))
+        x = x + self.down(F.gelu(self.up(x)))
+        return self.head(x)
+
+
+ATTN = ("q.weight", "k.weight", "v.weight", "o.weight")
+
+
+def _numel(m, names):
+    return sum(m.get_parameter(n).numel() for n in names)
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.3, 0.5, 0.7])
+def test_a_ratio_on_a_factored_head_group_removes_that_share_of_it(ratio):
+    """ratio=0.3 removes about 30% of the attention parameters, not 3 of 4 heads (each factor rounded)."""
+    torch.manual_seed(0)
+    m = GQABlock().eval()
+    x = (torch.randn(2, 5, E),)
+    small = fxprune.prune(m, x, ratio=ratio, ignore=("up", "down"))
+    removed = 1 - _numel(small, ATTN) / _numel(m, ATTN)
+    assert abs(removed - ratio) <= 0.07, removed
+    if ratio <= 0.3:  # at most one factor loses a share; a kv group and a query per group stay
+        assert small.q.weight.shape[0] >= 16
+
+
+def test_the_split_prefers_whole_outer_units_among_equally_near():
+    torch.manual_seed(0)
+    m = GQABlock().eval()
+    dg = fxprune.analyze(m, (torch.randn(2, 5, E),))
+    (groups, products), = components(dg, dg.groups)
+    assert [g.size for g in groups][:2] == [2, 2]  # kv groups, then queries per group, then head dims
+    counts = split_counts(groups, products, 0.5, lambda g: list(range(1, g.size + 1)))
+    # half of everything: dropping one kv group is exactly as near as halving a head dim, and is chosen
+    assert [counts[g] for g in groups] == [1, 2, 8, 8]
+
+
+def _data(n=4):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(8, 5, E, generator=g), torch.randint(0, 5, (8, 5), generator=g)) for _ in range(n)]
+
+
+def _loss(model, batch):
+    x, y = batch
+    return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+
+
+def _shares(budget, criteria, measure):
+    torch.manual_seed(0)
+    m = GQABlock(mlp=512).eval()  # an MLP channel is 0.2% of the parameters: the share can be matched
+    x = (torch.randn(2, 5, E),)
+    shares = {}
+    for crit in criteria:
+        small = fxprune.prune(m, x, ratio=0.4, scope="global", budget=budget, importance=crit, data=_data(),
+                              loss_fn=_loss, ignore=("head",))
+        shares[crit] = measure(small, x) / measure(m, x)
+    return shares
+
+
+def test_a_params_budget_reaches_the_same_measured_share_for_every_criterion():
+    """Calibrated criteria score only the groups with a consumer site; the budget is still the same
+    share of the candidate tensors (Note [Honoured budgets])."""
+    shares = _shares("params", ("l2", "taylor", "wanda", "fluctuation", "obs", "random"),
+                     lambda t, x: fxprune.count_params(t))
+    assert max(shares.values()) - min(shares.values()) <= 0.005, shares
+    assert all(0.5 < s < 0.8 for s in shares.values()), shares
+
+
+def test_a_macs_budget_is_a_share_of_the_measured_macs():
+    shares = _shares("macs", ("l2", "wanda", "obs"), fxprune.count_macs)
+    assert all(abs(s - 0.6) <= 0.01 for s in shares.values()), shares
