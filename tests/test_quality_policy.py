@@ -99,3 +99,53 @@ def test_a_params_budget_reaches_the_same_measured_share_for_every_criterion():
 def test_a_macs_budget_is_a_share_of_the_measured_macs():
     shares = _shares("macs", ("l2", "wanda", "obs"), fxprune.count_macs)
     assert all(abs(s - 0.6) <= 0.01 for s in shares.values()), shares
+
+
+def _deep(width=24, depth=3):
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Linear(8, width), nn.Tanh(), nn.Linear(width, 8), nn.Tanh()]
+    return nn.Sequential(*layers, nn.Linear(8, 3)).double().eval()
+
+
+def test_sequential_repair_fits_each_layer_on_the_pruned_models_inputs():
+    """The first consumer sees the dense inputs (sequential = one-shot there); later ones see the pruned
+    model's, and their refit reproduces the dense output better on them than the one-shot weights do."""
+    from fxprune.calib import calibrate, repair
+
+    torch.manual_seed(0)
+    m = _deep()
+    xs = [torch.randn(256, 8, dtype=torch.float64) for _ in range(2)]
+    x = (xs[0][:1],)
+    seq = fxprune.prune(m, x, ratio=0.6, importance="l2", repair="lstsq", sequential=True, data=xs)
+    rep = fxprune.repair_report(seq)
+    assert rep.method == "lstsq (sequential)" and len(rep.layers) == 6  # every consumer but the first Linear
+    assert all(r.after < r.before for r in rep.layers)
+    dg = fxprune.analyze(m, x)
+    keep = fxprune.plan(dg, fxprune.score_groups(dg, "l2"), fxprune.PruneConfig(ratio=0.6))
+    one = fxprune.apply(dg, keep)
+    repair(dg, keep, one, calibrate(dg, xs, gram=True), "lstsq")
+    assert torch.allclose(seq.get_parameter("2.weight"), one.get_parameter("2.weight"), atol=1e-9)  # first layer
+    held = torch.randn(512, 8, dtype=torch.float64)
+    with torch.no_grad():
+        err = {k: (p(held) - m(held)).pow(2).mean().item() for k, p in (("seq", seq), ("one", one))}
+    assert err["seq"] < err["one"], err
+
+
+def test_sequential_repair_in_place_writes_the_same_weights():
+    torch.manual_seed(0)
+    m, xs = _deep(), [torch.randn(128, 8, dtype=torch.float64)]
+    x = (xs[0][:1],)
+    copy_ = fxprune.prune(m, x, ratio=0.5, repair="lstsq", sequential=True, data=xs)
+    own = fxprune.prune(_clone(m), x, ratio=0.5, repair="lstsq", sequential=True, data=xs, inplace=True)
+    with torch.no_grad():
+        assert torch.allclose(own(xs[0]), copy_(xs[0]), atol=1e-10)
+    assert fxprune.repair_report(own).method == "lstsq (sequential)"
+    with pytest.raises(ValueError, match="sequential=True"):
+        fxprune.PruneConfig(sequential=True)
+
+
+def _clone(m):
+    import copy
+
+    return copy.deepcopy(m)

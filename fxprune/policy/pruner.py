@@ -35,6 +35,7 @@ from ..calib import REPAIRS, calibrate
 from ..capture.modes import on_meta
 from ..calib.pipeline import calibration_for, needs_calibration, repair_plan
 from ..calib.allocation import coordinate_costs
+from ..calib.sequential import sequential_repair
 from ..errors import MetaDeviceError
 from .budget import measured_plan
 from .counting import count_macs, count_params
@@ -85,6 +86,9 @@ class PruneConfig:
         uniform: with ``inplace=True``: every class of equivalent groups keeps one count across layers,
             and only what a stock config describes is pruned, so that plain ``from_pretrained`` loads the
             saved model (Note [Expressible pruning] in ``fxprune/policy/expressible.py``).
+        sequential: with ``repair``: refit each consumer, in graph order, on the inputs the pruned and
+            already repaired model feeds it, not on the dense model's (SparseGPT-style; Note [Sequential
+            repair] in ``fxprune/calib/sequential.py``); two forward passes per repaired layer and batch.
     """
 
     ratio: float = 0.5
@@ -105,6 +109,8 @@ class PruneConfig:
     repair: Optional[str] = None
     budget: str = "coordinates"
     uniform: bool = False
+    # sequential repair (Note [Sequential repair] in fxprune/calib/sequential.py)
+    sequential: bool = False
 
     def __post_init__(self):
         for name, r in [("ratio", self.ratio)] + [(f"ratios[{k!r}]", v) for k, v in self.ratios.items()]:
@@ -125,6 +131,8 @@ class PruneConfig:
                f"got {self.repair!r}")
         _check(self.budget in ("coordinates", "params", "macs"), "budget must be 'coordinates', 'params' or 'macs', "
                f"got {self.budget!r}")
+        _check(not self.sequential or self.repair, "sequential=True refits layers one after the other: "
+               "set repair='lstsq' (or 'bias') too")
         object.__setattr__(self, "ignore", name_list(self.ignore, "ignore"))
         object.__setattr__(self, "leaf_modules", name_list(self.leaf_modules, "leaf_modules"))
         get_importance(self.importance)  # unknown names fail here, not after analysis
@@ -304,8 +312,14 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
     only = expressible(dg, cfg.uniform) if inplace else None
     keep = _search(dg, scores, cfg, counter, target, progress, only) if counter is not None else \
         plan(dg, scores, cfg, only=only)
-    fix = repair_plan(dg, keep, cal, cfg.repair, inplace)
-    model = apply(dg, keep, check=check, inplace=inplace, repair=fix)
+    if cfg.sequential:  # refit on a certified pruned copy; in place, its edits go into the user's model
+        model = apply(dg, keep, check=check and not inplace)
+        fix = sequential_repair(dg, keep, model, data, cfg.repair, inplace_model=dg.model if inplace else None)
+        if inplace:
+            model = apply(dg, keep, check=check, inplace=True, repair=fix)
+    else:
+        fix = repair_plan(dg, keep, cal, cfg.repair, inplace)
+        model = apply(dg, keep, check=check, inplace=inplace, repair=fix)
     if only is not None:
         model.__dict__["fxprune_expressible"] = only
     return PruneStep(model, keep, target, getattr(model, "fxprune_certificate", None), only)
