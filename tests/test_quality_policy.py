@@ -149,3 +149,30 @@ def _clone(m):
     import copy
 
     return copy.deepcopy(m)
+
+
+def test_split_by_objective_matches_the_share_and_beats_the_mlp_only_split():
+    """split='objective' removes the ratio's share of the candidate parameters (within 0.5%) and its
+    calibration objective is no worse than removing MLP channels alone at the same share."""
+    from fxprune.calib import calibrate
+    from fxprune.calib.objective import objective
+    from fxprune.policy.budget import _meter
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    m = GQABlock(mlp=64).eval()
+    x = (torch.randn(2, 5, E),)
+    data = [b[0] for b in _data()]
+    dg = fxprune.analyze(m, x)
+    cfg = fxprune.PruneConfig(ratio=0.4, importance="wanda", repair="lstsq", split="objective", ignore=("head",))
+    step = fxprune.prune_step(dg, cfg, data=data)
+    ratios = fxprune.policy.selection.group_ratios(dg, cfg, 1.0)
+    assert abs(_meter(dg, ratios, "params")(step.keep) - 0.4) <= 0.005
+    cal = calibrate(dg, data, gram=True)
+    scores = fxprune.score_groups(dg, "wanda", stats=cal)
+    mlp, = [g for g in ratios if ("down.weight", 1) in g.members]
+    mlp_only = fxprune.plan(dg, {g: (s if g is mlp else None) for g, s in scores.items()},
+                            fxprune.PruneConfig(ratio=0.4, scope="global", budget="params", ignore=("head",)))
+    assert abs(_meter(dg, ratios, "params")(mlp_only) - 0.4) <= 0.005
+    assert objective(dg, step.keep, cal, "lstsq") <= objective(dg, mlp_only, cal, "lstsq")
+    assert step.certificate.passed

@@ -110,6 +110,7 @@ def _fit(dg, site: Site, keep: dict, method: str, damping: float, moments: _Mome
     m = m3.reshape(-1, m3.shape[-1])
     k = adapter.kept_flat(dg, site.weight, site.dim, keep)
     energy = _quad(m, g) or 1.0
+    row.energy = energy
     row.before = _error(m, m[:, k], g, c, h) / energy
     edit = _Edit(site)
     if method == "bias":

@@ -31,7 +31,7 @@ import torch
 
 from ..calib.sites import getattr_path
 
-__all__ = ["components", "split_counts"]
+__all__ = ["components", "innermost", "split_counts"]
 
 MAX_GRID = 2 ** 21
 
@@ -75,6 +75,16 @@ def components(dg, groups) -> list:
         mine = [p for p in prods.values() if any(a in atoms for a, _ in p[0])]
         depth = {a: max(i for p, _ in mine for i, (b, _) in enumerate(p) if b == a) for a in atoms}
         out.append(([by_atom[a] for a in sorted(atoms, key=lambda a: (depth[a], a))], mine))
+    return out
+
+
+def innermost(groups: list, products: list) -> set:
+    """The groups that are the last factor of every product they appear in (head dims)."""
+    out = set()
+    for g in groups:
+        places = [(i, len(p)) for p, _ in products for i, (a, _) in enumerate(p) if a == g.atom]
+        if places and all(i == n - 1 for i, n in places):
+            out.add(g)
     return out
 
 

@@ -35,6 +35,7 @@ from ..calib import REPAIRS, calibrate
 from ..capture.modes import on_meta
 from ..calib.pipeline import calibration_for, needs_calibration, repair_plan
 from ..calib.allocation import coordinate_costs
+from ..calib.objective import split_by_objective
 from ..calib.sequential import sequential_repair
 from ..errors import MetaDeviceError
 from .budget import measured_plan
@@ -89,6 +90,11 @@ class PruneConfig:
         sequential: with ``repair``: refit each consumer, in graph order, on the inputs the pruned and
             already repaired model feeds it, not on the dense model's (SparseGPT-style; Note [Sequential
             repair] in ``fxprune/calib/sequential.py``); two forward passes per repaired layer and batch.
+        split: how a local ratio is shared between head groups and the other groups: ``"ratio"`` (each
+            group loses ``ratio``), ``"objective"`` (the share of heads, head dims and MLP channels with
+            the least calibration output error after ``repair``, the parameters removed matched; needs
+            ``data``; Note [Width split by objective] in ``fxprune/calib/objective.py``), ``"auto"``:
+            ``"objective"`` with ``uniform=True`` when ``data`` calibrates, else ``"ratio"``.
     """
 
     ratio: float = 0.5
@@ -109,8 +115,10 @@ class PruneConfig:
     repair: Optional[str] = None
     budget: str = "coordinates"
     uniform: bool = False
-    # sequential repair (Note [Sequential repair] in fxprune/calib/sequential.py)
+    # sequential repair (Note [Sequential repair] in fxprune/calib/sequential.py); the width split of a local
+    # ratio (Note [Width split by objective] in fxprune/calib/objective.py)
     sequential: bool = False
+    split: str = "auto"
 
     def __post_init__(self):
         for name, r in [("ratio", self.ratio)] + [(f"ratios[{k!r}]", v) for k, v in self.ratios.items()]:
@@ -133,6 +141,7 @@ class PruneConfig:
                f"got {self.budget!r}")
         _check(not self.sequential or self.repair, "sequential=True refits layers one after the other: "
                "set repair='lstsq' (or 'bias') too")
+        _check(self.split in ("auto", "ratio", "objective"), f"split must be auto/ratio/objective, got {self.split!r}")
         object.__setattr__(self, "ignore", name_list(self.ignore, "ignore"))
         object.__setattr__(self, "leaf_modules", name_list(self.leaf_modules, "leaf_modules"))
         get_importance(self.importance)  # unknown names fail here, not after analysis
@@ -311,7 +320,7 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
         raise ValueError("uniform=True chooses widths a stock config describes, for in-place pruning: pass inplace=True")
     only = expressible(dg, cfg.uniform) if inplace else None
     keep = _search(dg, scores, cfg, counter, target, progress, only) if counter is not None else \
-        plan(dg, scores, cfg, only=only)
+        _by_objective(dg, scores, cfg, cal, data, only) or plan(dg, scores, cfg, only=only)
     if cfg.sequential:  # refit on a certified pruned copy; in place, its edits go into the user's model
         model = apply(dg, keep, check=check and not inplace)
         fix = sequential_repair(dg, keep, model, data, cfg.repair, inplace_model=dg.model if inplace else None)
@@ -323,6 +332,19 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
     if only is not None:
         model.__dict__["fxprune_expressible"] = only
     return PruneStep(model, keep, target, getattr(model, "fxprune_certificate", None), only)
+
+
+def _by_objective(dg, scores: dict, cfg: PruneConfig, cal, data, only) -> Optional[dict]:
+    """The keep-indices of the least-objective width split, or None where the plain ratio applies."""
+    if cfg.scope != "local" or cfg.split == "ratio" or (cfg.split == "auto" and not (cfg.uniform and data)):
+        return None
+    if data is None:
+        raise ValueError("split='objective' measures the calibration output error: pass data=[batch, ...]")
+    allowed, ties, rounding = (None, (), None) if only is None else (only.allowed(), only.ties(), only.round_to())
+    ratios = group_ratios(dg, cfg, cfg.max_ratio, allowed)  # caps: the split chooses each group's ratio
+    if cal is None or not cal.gram:
+        cal = calibrate(dg, data, gram=True, groups=list(ratios))
+    return split_by_objective(dg, scores, ratios, cfg.ratio, cfg, cal, ties, rounding, cfg.repair)
 
 
 def _refuse_meta(model: nn.Module, crit) -> None:
