@@ -362,7 +362,8 @@ def more_targets(means: dict, dense: float, by: dict) -> list:
     out = []
     inc = {k: {f: v - dense for f, v in d.items()} for k, d in means.items()}
     uni = {k: v[0.35] for k, v in inc.items() if k.startswith(UNIFORM) and 0.35 in v}
-    calibrated = {k: v for k, v in uni.items() if " + " in k and _base(k)[len(UNIFORM):] in ("wanda", "fluctuation", "obs")}
+    calibrated = {k: v for k, v in uni.items()
+                  if " + " in k and _base(k)[len(UNIFORM):] in ("wanda", "fluctuation", "obs")}
     if calibrated and UNIFORM + "l2" in uni:
         best = min(calibrated, key=calibrated.get)
         out.append((f"uniform widths: best calibrated + repair ({best}, +{calibrated[best]:.3f}) <= 1/2 of l2 at the "
@@ -491,9 +492,19 @@ def widths_table(widths: dict) -> str:
         roles: dict = {}
         for name, (n, size) in d.items():
             roles.setdefault((n, size), []).append(name)
-        cells = ", ".join(f"{len(v)} groups {n}/{size}" for (n, size), v in sorted(roles.items(), key=lambda kv: -kv[0][1]))
+        order = sorted(roles.items(), key=lambda kv: -kv[0][1])
+        cells = ", ".join(f"{len(v)} groups {n}/{size}" for (n, size), v in order)
         lines.append(f"| {f:.0%} | {cells} |")
     return "\n".join(lines)
+
+
+def _reduced(seeds: list, record: dict) -> list:
+    """A banner for a run smaller than the default one (fewer seeds, a shorter-trained LM)."""
+    steps = os.environ.get("QUALITY_LM_STEPS")
+    if len(seeds) >= 3 and not steps:
+        return []
+    what = [f"{len(seeds)} seed(s)"] + ([f"the LM trained {steps} steps instead of 1200"] if steps else [])
+    return [f"**Reduced run**: {', '.join(what)}; the figures are indicative, not the default benchmark.", ""]
 
 
 def report(record: dict, dense: float, table: str, checks: list, ctable: str, plotted: bool, seeds: list,
@@ -502,6 +513,7 @@ def report(record: dict, dense: float, table: str, checks: list, ctable: str, pl
     lines = [
         "## Post-training quality: calibrated criteria and repair",
         "",
+        *_reduced(seeds, record),
         f"`python benchmarks/bench_quality.py` ({len(seeds)} seed(s), {seconds / 60:.0f} min on this machine). "
         f"A LLaMA ({cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, "
         f"{cfg['num_attention_heads']} query / {cfg['num_key_value_heads']} kv heads, MLP {cfg['intermediate_size']}, "
@@ -509,7 +521,9 @@ def report(record: dict, dense: float, table: str, checks: list, ctable: str, pl
         f"({Q.TRAIN['steps']} steps of {Q.TRAIN['batch']}x{Q.TRAIN['seq']} bytes, {record['train_seconds'] / 60:.0f} min, "
         f"one CPU thread); held-out loss on the last 10% of the text, in nats per byte, no fine-tuning. "
         "fxprune removes kv groups (with their query heads) and MLP channels by one global ranking, the "
-        "residual stream kept, the ratio bisected to the share of decoder parameters; rows marked (MLP only) "
+        "residual stream kept, the ratio bisected to the share of decoder parameters; `+ lstsq (sequential)` "
+        "refits the layers one after the other on the pruned model's inputs (Note [Sequential repair]); "
+        "rows marked (MLP only) "
         "rank MLP channels alone, the units Torch-Pruning prunes here (its `prune_num_heads` finds no "
         "attention group in this GQA model and prunes MLP channels only). Torch-Pruning "
         "(`MetaPruner`, global, `num_heads`, `prune_num_heads`, `o_proj`/`down_proj`/`lm_head` ignored to keep "

@@ -36,7 +36,8 @@ import torch.nn as nn
 from ..graph import DependencyGraph, Group
 from .factored import components, innermost, split_counts
 
-__all__ = ["ignored_groups", "factor_roles", "group_ratios", "n_keep", "select_local", "select_global", "factored_counts"]
+__all__ = ["ignored_groups", "factor_roles", "group_ratios", "n_keep", "select_local", "select_global",
+           "factored_counts"]
 
 
 def _owner(dg: DependencyGraph, target: str):
