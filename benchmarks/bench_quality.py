@@ -124,7 +124,32 @@ class LMSetup:
             if best is None or abs(removed - fraction) < abs(best[0] - fraction):
                 best = (removed, keep)
             lo, hi = (mid, hi) if removed < fraction else (lo, mid)
-        return best[1]
+        return self._match(scores, best[1], fraction)
+
+    def _match(self, scores: dict, keep: dict, fraction: float) -> dict:
+        """Where removing one more kv group jumps past the share, MLP channels (0.05% of the decoder each)
+        are taken off (the lowest-scored kept) or given back (the highest-scored removed) until within 0.4%."""
+        keep = dict(keep)
+        mlp = [g for g in self.mlp if scores.get(g) is not None]
+        for _ in range(200):
+            removed = 1 - self.kept(keep)
+            if abs(removed - fraction) <= 0.004 or not mlp:
+                break
+            kept = {g: set(torch.as_tensor(keep.get(g, range(g.size))).tolist()) for g in mlp}
+            if removed < fraction:
+                cands = [(float(scores[g][i]), g, i) for g in mlp for i in kept[g] if len(kept[g]) > 1]
+                _, g, i = min(cands, key=lambda t: t[0])
+                kept[g].discard(i)
+            else:
+                cands = [(float(scores[g][i]), g, i) for g in mlp for i in range(g.size) if i not in kept[g]]
+                if not cands:
+                    break
+                _, g, i = max(cands, key=lambda t: t[0])
+                kept[g].add(i)
+            keep[g] = torch.tensor(sorted(kept[g]))
+            if len(keep[g]) == g.size:
+                del keep[g]
+        return keep
 
 
 def lm_scores(setup: LMSetup, cal, batches: list, name: str, seed: int, groups=None) -> dict:
