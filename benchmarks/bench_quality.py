@@ -43,11 +43,17 @@ import_torchvision()  # transformers imports torchvision: the nms schema shim fi
 import fxprune  # noqa: E402
 from fxprune.calib import calibrate, repair  # noqa: E402
 from fxprune.calib import adapter  # noqa: E402
+from fxprune.calib.objective import split_by_objective  # noqa: E402
+from fxprune.calib.sequential import sequential_repair  # noqa: E402
+from fxprune.policy.expressible import expressible  # noqa: E402
+from fxprune.policy.selection import _top, group_ratios  # noqa: E402
 
 import quality_lm as Q  # noqa: E402
 
 CRITERIA = ["random", "l2", "taylor", "wanda", "fluctuation", "obs"]
 REPAIRS = [None, "bias", "lstsq"]
+SEQ = "lstsq (sequential)"  # sequential repair rows (Note [Sequential repair])
+UNIFORM = "uniform "  # label prefix of the rows at uniform widths
 FRACTIONS = [0.2, 0.35, 0.5]
 TP_CRITERIA = ["magnitude", "taylor", "activation"]
 
@@ -89,6 +95,25 @@ class LMSetup:
         """Share of the decoder parameters ``keep`` leaves, from the layouts (no rewrite)."""
         return sum(adapter.pruned_numel(self.dg, n, keep) for n in self.decoder) / self.decoder_total
 
+    def uniform_setup(self) -> None:
+        """What ``uniform=True`` may prune (Note [Expressible pruning]): its groups, the ties that keep one
+        count per layer role, its roundings; heads, head dims and MLP channels (``factors="all"``)."""
+        only = expressible(self.dg, True)
+        self.ucfg = fxprune.PruneConfig(scope="local", factors="all", ignore=("model.embed_tokens",))
+        self.uties, self.urounding = only.ties(), only.round_to()
+        caps = group_ratios(self.dg, self.ucfg, 1.0, only.allowed())
+        self.ucaps = {g: r for g, r in caps.items() if all(".layers." in f".{t}" for t, _ in g.members)}
+        cand = {t for g in self.ucaps for t, _ in g.members}
+        self.ushare = sum(self.model.get_parameter(t).numel() for t in cand) / self.decoder_total
+
+    def uniform_widths(self, scores: dict, cal, fraction: float) -> dict:
+        """Counts ``{group: kept}`` at uniform widths whose split (heads, head dims, MLP) has the least
+        calibration objective after lstsq (Note [Width split by objective]), ``fraction`` of the decoder."""
+        ratio = fraction / self.ushare
+        keep = split_by_objective(self.dg, scores, self.ucaps, ratio, self.ucfg, cal, self.uties, self.urounding,
+                                  "lstsq")
+        return {g: len(idx) for g, idx in keep.items()}
+
     def keep_for(self, scores: dict, fraction: float) -> dict:
         """The global ranking's keep-indices whose decoder removal is closest to ``fraction``."""
         lo, hi, best = 0.0, 1.0, None
@@ -99,10 +124,35 @@ class LMSetup:
             if best is None or abs(removed - fraction) < abs(best[0] - fraction):
                 best = (removed, keep)
             lo, hi = (mid, hi) if removed < fraction else (lo, mid)
-        return best[1]
+        return self._match(scores, best[1], fraction)
+
+    def _match(self, scores: dict, keep: dict, fraction: float) -> dict:
+        """Where removing one more kv group jumps past the share, MLP channels (0.05% of the decoder each)
+        are taken off (the lowest-scored kept) or given back (the highest-scored removed) until within 0.4%."""
+        keep = dict(keep)
+        mlp = [g for g in self.mlp if scores.get(g) is not None]
+        for _ in range(200):
+            removed = 1 - self.kept(keep)
+            if abs(removed - fraction) <= 0.004 or not mlp:
+                break
+            kept = {g: set(torch.as_tensor(keep.get(g, range(g.size))).tolist()) for g in mlp}
+            if removed < fraction:
+                cands = [(float(scores[g][i]), g, i) for g in mlp for i in kept[g] if len(kept[g]) > 1]
+                _, g, i = min(cands, key=lambda t: t[0])
+                kept[g].discard(i)
+            else:
+                cands = [(float(scores[g][i]), g, i) for g in mlp for i in range(g.size) if i not in kept[g]]
+                if not cands:
+                    break
+                _, g, i = max(cands, key=lambda t: t[0])
+                kept[g].add(i)
+            keep[g] = torch.tensor(sorted(kept[g]))
+            if len(keep[g]) == g.size:
+                del keep[g]
+        return keep
 
 
-def lm_scores(setup: LMSetup, cal, batches: list, name: str, seed: int) -> dict:
+def lm_scores(setup: LMSetup, cal, batches: list, name: str, seed: int, groups=None) -> dict:
     if name == "random":
         scores = fxprune.score_groups(setup.dg, fxprune.Random(seed))
     elif name == "taylor":
@@ -111,7 +161,8 @@ def lm_scores(setup: LMSetup, cal, batches: list, name: str, seed: int) -> dict:
         scores = fxprune.score_groups(setup.dg, name, stats=cal)
     else:
         scores = fxprune.score_groups(setup.dg, name)
-    return {g: (s if g in setup.groups else None) for g, s in scores.items()}
+    groups = setup.groups if groups is None else groups
+    return {g: (s if g in groups else None) for g, s in scores.items()}
 
 
 MLP_ONLY = " (MLP only)"
@@ -135,19 +186,43 @@ def run_fxprune(setup: LMSetup, seeds: list, criteria: list, fractions: list, al
                     keep = setup.keep_for(sc, f)
                     if seed == seeds[0] and f == 0.35:
                         allocations[label] = setup.allocation(keep)
-                    rows += _evaluate(setup, cal, keep, label, f, seed)
+                    rows += _evaluate(setup, cal, keep, label, f, seed, None if MLP_ONLY in label else batches)
     return rows
 
 
-def _evaluate(setup: LMSetup, cal, keep: dict, label: str, f: float, seed: int) -> list:
+def run_uniform(setup: LMSetup, seeds: list, criteria: list, fractions: list, widths: dict) -> list:
+    """Rows at uniform widths: one count per layer role (what ``uniform=True`` keeps), the split of heads,
+    head dims and MLP channels chosen by the calibration objective with obs scores and lstsq; every
+    criterion then picks its own channels in every layer at those counts. ``widths`` collects seed 0's."""
+    rows = []
+    setup.uniform_setup()
+    for seed in seeds:
+        batches = setup.calibration(seed)
+        cal = calibrate(setup.dg, batches, gram=True, groups=list(setup.ucaps))
+        all_scores = {name: lm_scores(setup, cal, batches, name, seed, setup.ucaps) for name in criteria}
+        for f in fractions:
+            t = time.perf_counter()
+            counts = setup.uniform_widths(all_scores["obs"], cal, f)
+            log(f"seed {seed}: uniform widths at {f:.0%} in {time.perf_counter() - t:.1f} s")
+            if seed == seeds[0]:
+                widths[f] = {g.name: (n, g.size) for g, n in counts.items()}
+            for name in criteria:
+                keep = {g: _top(all_scores[name][g], n) for g, n in counts.items()}
+                rows += _evaluate(setup, cal, keep, UNIFORM + name, f, seed, batches)
+    return rows
+
+
+def _evaluate(setup: LMSetup, cal, keep: dict, label: str, f: float, seed: int, batches=None) -> list:
+    """Rows for every repair; with ``batches``, sequential lstsq too."""
     rows, kept = [], setup.kept(keep)
-    for method in REPAIRS:
-        pruned = fxprune.apply(setup.dg, keep)
-        if method:
+    for method in REPAIRS + ([SEQ] if batches else []):
+        pruned = fxprune.apply(setup.dg, keep, check=False)  # the certificate is tested, not benchmarked here
+        if method == SEQ:
+            sequential_repair(setup.dg, keep, pruned, batches, "lstsq")
+        elif method:
             repair(setup.dg, keep, pruned, cal, method)
         rows.append((label, method, f, seed, Q.held_out_loss(pruned, setup.held), kept))
-    log(f"  {label:24s} {f:.0%}: kept {kept:.3f}, loss {rows[0][4]:.3f} / bias {rows[1][4]:.3f} / "
-        f"lstsq {rows[2][4]:.3f}")
+    log(f"  {label:32s} {f:.0%}: kept {kept:.4f}, loss " + " / ".join(f"{r[1] or 'none'} {r[4]:.3f}" for r in rows))
     return rows
 
 
@@ -200,7 +275,7 @@ def run_tp(setup: LMSetup, seeds: list, fractions: list, criteria: list) -> list
         for name in criteria:
             for f in fractions:
                 lo, hi, best = 0.0, 0.95, None
-                for _ in range(7):
+                for _ in range(10):
                     mid = (lo + hi) / 2
                     pruned = tp_prune(setup.model, name, mid, batches)
                     removed = 1 - tp_kept(setup.model, pruned)
@@ -273,11 +348,13 @@ def _base(label: str) -> str:
 
 def targets(means: dict, dense: float, f: float = 0.35) -> list:
     """The issue's targets at ``f`` removed: (statement, met). Either choice of units counts as fxprune."""
-    ours = {k: v[f] - dense for k, v in means.items() if not k.startswith("TP") and f in v}
+    ours = {k: v[f] - dense for k, v in means.items() if not k.startswith(("TP", UNIFORM)) and f in v}
     best_label = min(ours, key=ours.get)
     best = ours[best_label]
     out = [(f"best fxprune method: {best_label}, +{best:.3f}", True)]
     for crit, share in (("taylor", 2), ("l2", 5)):  # the criteria as published (no repair), best units
+        if not any(_base(k) == crit for k in ours):
+            continue
         base = min((v, k) for k, v in ours.items() if _base(k) == crit and " + " not in k)
         repaired = min((v, k) for k, v in ours.items() if _base(k) == crit)
         out.append((f"best <= 1/{share} of {crit}'s increase ({base[1]}, +{base[0]:.3f})", best <= base[0] / share))
@@ -305,6 +382,33 @@ def targets(means: dict, dense: float, f: float = 0.35) -> list:
     return out
 
 
+def more_targets(means: dict, dense: float, by: dict) -> list:
+    """Uniform widths at 35%, sequential repair at 50%, and every row's match of the decoder share."""
+    out = []
+    inc = {k: {f: v - dense for f, v in d.items()} for k, d in means.items()}
+    uni = {k: v[0.35] for k, v in inc.items() if k.startswith(UNIFORM) and 0.35 in v}
+    calibrated = {k: v for k, v in uni.items()
+                  if " + " in k and _base(k)[len(UNIFORM):] in ("wanda", "fluctuation", "obs")}
+    if calibrated and UNIFORM + "l2" in uni:
+        best = min(calibrated, key=calibrated.get)
+        out.append((f"uniform widths: best calibrated + repair ({best}, +{calibrated[best]:.3f}) <= 1/2 of l2 at the "
+                    f"same widths (+{uni[UNIFORM + 'l2']:.3f})", calibrated[best] <= uni[UNIFORM + "l2"] / 2))
+    seq = [(k, v[0.5], inc[k.replace(SEQ, "lstsq")][0.5]) for k, v in inc.items() if k.endswith(SEQ) and 0.5 in v
+           and k.replace(SEQ, "lstsq") in inc]
+    for k, s_, o in seq:
+        out.append((f"sequential repair at 50%: {k} +{s_:.3f} vs one-shot +{o:.3f} ({1 - s_ / o:+.0%} lower; "
+                    "target >= 20%)", s_ <= 0.8 * o))
+    off = []
+    for label, d in by.items():
+        for f, xs in d.items():
+            for _loss, kept in xs:
+                if abs((1 - kept) - f) > 0.005:
+                    off.append(f"{label} at {f:.0%}: {1 - kept:.1%}")
+    out.append(("every row removes its share of the decoder parameters within 0.5%" +
+                (f" (off: {'; '.join(sorted(set(off)))})" if off else ""), not off))
+    return out
+
+
 def plot(by: dict, dense: float, path: str) -> bool:
     try:
         import matplotlib
@@ -314,8 +418,8 @@ def plot(by: dict, dense: float, path: str) -> bool:
     except ImportError:
         log("matplotlib is not installed (pip install fxprune[plot]): no plot")
         return False
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5), sharey=True)
-    for ax, method in zip(axes, REPAIRS):
+    fig, axes = plt.subplots(1, 4, figsize=(21, 5), sharey=True)
+    for ax, method in zip(axes, REPAIRS + [SEQ]):
         for label, d in sorted(by.items()):
             name, _, rep = label.partition(" + ")
             if MLP_ONLY in label or not (label.startswith("TP") or (rep or None) == method):
@@ -325,7 +429,7 @@ def plot(by: dict, dense: float, path: str) -> bool:
             loss = [statistics.fmean(x[0] for x in d[f]) for f in fs]
             err = [statistics.pstdev([x[0] for x in d[f]]) for f in fs]
             ax.errorbar(kept, loss, yerr=err, marker="o", capsize=3, label=label,
-                        linestyle="--" if label.startswith("TP") else "-")
+                        linestyle="--" if label.startswith("TP") else ":" if label.startswith(UNIFORM) else "-")
         ax.axhline(dense, color="gray", linewidth=1, label="dense")
         ax.set_ylim(dense - 0.05, dense + 1.3)  # random leaves the chart at 35-50%
         ax.set_title(f"fxprune, repair={method}")
@@ -366,40 +470,75 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--retrain", action="store_true", help="train the LM again instead of using the cache")
     p.add_argument("--skip-tp", action="store_true", help="leave Torch-Pruning out")
+    p.add_argument("--skip-uniform", action="store_true", help="leave the rows at uniform widths out")
+    p.add_argument("--skip-cnn", action="store_true", help="leave the CNN on digits out")
+    p.add_argument("--untrained", action="store_true", help="a random-init LM (a smoke run of the code only)")
+    p.add_argument("--fractions", type=float, nargs="+", default=None, help="shares of decoder parameters removed")
+    p.add_argument("--criteria", nargs="+", default=None, help="fxprune criteria (default: all)")
     p.add_argument("--out", default=HERE, help="where QUALITY.md and the plot go")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     seeds = [0] if args.quick else list(range(args.seeds))
-    fractions = [0.35] if args.quick else FRACTIONS
-    criteria = ["l2", "taylor", "wanda", "obs"] if args.quick else CRITERIA
+    fractions = args.fractions or ([0.35] if args.quick else FRACTIONS)
+    criteria = args.criteria or (["l2", "taylor", "wanda", "obs"] if args.quick else CRITERIA)
     t0 = time.perf_counter()
-    model, record = Q.trained(log=log, retrain=args.retrain)
+    model, record = (Q.build().eval(), {"train_seconds": 0.0}) if args.untrained else \
+        Q.trained(log=log, retrain=args.retrain)
     setup = LMSetup(model)
     dense = Q.held_out_loss(model, setup.held)
     log(f"LM: dense held-out loss {dense:.3f} nats/byte (trained {record['train_seconds']:.0f} s)")
-    allocations: dict = {}
+    allocations, widths = {}, {}
     rows = run_fxprune(setup, seeds, criteria, fractions, allocations)
+    if not args.skip_uniform:
+        rows += run_uniform(setup, seeds, [c for c in criteria if c != "random"] + (["obs"] if "obs" not in criteria
+                                                                                    else []), fractions, widths)
     if not args.skip_tp:
         rows += run_tp(setup, seeds, fractions, ["magnitude", "taylor"] if args.quick else TP_CRITERIA)
     table, means, by = lm_table(rows, dense, fractions)
-    checks = targets(means, dense, 0.35)
-    cnn_dense, cnn_rows = run_cnn(seeds, ["l2", "wanda", "obs"] if args.quick else CRITERIA, 8 if args.quick else 20)
-    ctable = cnn_table(cnn_dense, cnn_rows)
+    checks = targets(means, dense, 0.35) + more_targets(means, dense, by)
+    cnn_dense, cnn_rows = (None, []) if args.skip_cnn else \
+        run_cnn(seeds, ["l2", "wanda", "obs"] if args.quick else CRITERIA, 8 if args.quick else 20)
+    ctable = "(left out: --skip-cnn)" if args.skip_cnn else cnn_table(cnn_dense, cnn_rows)
     png = os.path.join(args.out, "quality_lm.png")
     plotted = plot(by, dense, png)
     md = report(record, dense, table, checks, ctable, plotted, seeds, time.perf_counter() - t0,
-                allocation_table(allocations))
+                allocation_table(allocations), widths_table(widths))
     print(md)
     with open(os.path.join(args.out, "QUALITY.md"), "w") as f:
         f.write(md + "\n")
 
 
+def widths_table(widths: dict) -> str:
+    """The uniform widths the objective chose, per fraction: ``group: kept/size`` (every layer alike)."""
+    if not widths:
+        return "(left out)"
+    lines = ["| removed | kept per layer role (group of layer 0's role: kept/size) |", "| --- | --- |"]
+    for f, d in sorted(widths.items()):
+        roles: dict = {}
+        for name, (n, size) in d.items():
+            roles.setdefault((n, size), []).append(name)
+        order = sorted(roles.items(), key=lambda kv: -kv[0][1])
+        cells = ", ".join(f"{len(v)} groups {n}/{size}" for (n, size), v in order)
+        lines.append(f"| {f:.0%} | {cells} |")
+    return "\n".join(lines)
+
+
+def _reduced(seeds: list, record: dict) -> list:
+    """A banner for a run smaller than the default one (fewer seeds, a shorter-trained LM)."""
+    steps = os.environ.get("QUALITY_LM_STEPS")
+    if len(seeds) >= 3 and not steps:
+        return []
+    what = [f"{len(seeds)} seed(s)"] + ([f"the LM trained {steps} steps instead of 1200"] if steps else [])
+    return [f"**Reduced run**: {', '.join(what)}; the figures are indicative, not the default benchmark.", ""]
+
+
 def report(record: dict, dense: float, table: str, checks: list, ctable: str, plotted: bool, seeds: list,
-           seconds: float, alloc: str) -> str:
+           seconds: float, alloc: str, widths: str = "") -> str:
     cfg = Q.CONFIG
     lines = [
         "## Post-training quality: calibrated criteria and repair",
         "",
+        *_reduced(seeds, record),
         f"`python benchmarks/bench_quality.py` ({len(seeds)} seed(s), {seconds / 60:.0f} min on this machine). "
         f"A LLaMA ({cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, "
         f"{cfg['num_attention_heads']} query / {cfg['num_key_value_heads']} kv heads, MLP {cfg['intermediate_size']}, "
@@ -407,7 +546,9 @@ def report(record: dict, dense: float, table: str, checks: list, ctable: str, pl
         f"({Q.TRAIN['steps']} steps of {Q.TRAIN['batch']}x{Q.TRAIN['seq']} bytes, {record['train_seconds'] / 60:.0f} min, "
         f"one CPU thread); held-out loss on the last 10% of the text, in nats per byte, no fine-tuning. "
         "fxprune removes kv groups (with their query heads) and MLP channels by one global ranking, the "
-        "residual stream kept, the ratio bisected to the share of decoder parameters; rows marked (MLP only) "
+        "residual stream kept, the ratio bisected to the share of decoder parameters; `+ lstsq (sequential)` "
+        "refits the layers one after the other on the pruned model's inputs (Note [Sequential repair]); "
+        "rows marked (MLP only) "
         "rank MLP channels alone, the units Torch-Pruning prunes here (its `prune_num_heads` finds no "
         "attention group in this GQA model and prunes MLP channels only). Torch-Pruning "
         "(`MetaPruner`, global, `num_heads`, `prune_num_heads`, `o_proj`/`down_proj`/`lm_head` ignored to keep "
@@ -422,6 +563,12 @@ def report(record: dict, dense: float, table: str, checks: list, ctable: str, pl
     lines += [f"- {'met' if ok else 'MISSED'}: {what}" if i else f"- {what}" for i, (what, ok) in enumerate(checks)]
     lines += ["", "What the global ranking kept at 35% removed (seed 0; kv groups of 4 query heads each, MLP "
                   "channels), per layer:", "", alloc]
+    lines += ["", "Uniform widths (rows `uniform ...`): one count per layer role, the groups and ties that "
+                  "`uniform=True` keeps (Note [Expressible pruning]: kv groups, queries per group, head dims, MLP "
+                  "channels); the split between them chosen by the calibration objective (obs scores, lstsq; Note "
+                  "[Width split by objective]) at the matched share of decoder parameters, then every criterion "
+                  "picks its own channels in every layer at those counts (the rows are evaluated on the pruned "
+                  "graph). Counts chosen (seed 0):", "", widths]
     if plotted:
         lines += ["", "![held-out loss against decoder parameters kept](benchmarks/quality_lm.png)"]
     lines += ["", "CNN on scikit-learn's digits (conv-BN-ReLU x3, width 16), pruned to 50% of its MACs "

@@ -23,6 +23,8 @@ __all__ = ["CONFIG", "TRAIN", "corpus", "build", "trained", "held_out_loss", "wi
 CONFIG = dict(vocab_size=256, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=8,
               num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False, rms_norm_eps=1e-5)
 TRAIN = dict(steps=1200, batch=16, seq=128, lr=3e-3, warmup=100, weight_decay=0.1, seed=0)
+if os.environ.get("QUALITY_LM_STEPS"):  # a reduced run on a busy machine: fewer steps (another cached model)
+    TRAIN["steps"] = int(os.environ["QUALITY_LM_STEPS"])
 CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache")
 SEQ = 128
 

@@ -222,3 +222,13 @@ def test_calibrated_criterion_and_repair(capsys, model_file, tmp_path):
     for argv in (["--importance", "wanda"], ["--repair", "bias"]):  # both read activations: --calib N is needed
         code, _, err = run(capsys, f"{model_file}:make", *argv, *FAST)
         assert code == 2 and "--calib N" in err
+
+
+def test_sequential_repair_and_the_allocation_table(capsys, model_file):
+    code, out, _ = run(capsys, f"{model_file}:make", "--importance", "wanda", "--calib", "3", "--repair", "lstsq",
+                       "--sequential", "--latency-runs", "0")  # with the tables
+    assert code == 0, out
+    assert "repair 'lstsq (sequential)'" in out
+    assert "allocation per layer" in out and "removed" in out
+    code, _, err = run(capsys, f"{model_file}:make", "--sequential", *FAST)  # needs a repair
+    assert code == 2 and "repair" in err

@@ -85,7 +85,8 @@ def test_factors_choose_outer_or_inner_product_groups():
     # stem = G0 (2, outer) x G1 (8, inner); dense.a's outputs are G1 alone
     assert outer.get_submodule("stem.0").out_channels == 8 and outer.get_submodule("dense.a").out_channels == 8
     assert inner.get_submodule("stem.0").out_channels == 8 and inner.get_submodule("dense.a").out_channels == 4
-    assert both.get_submodule("stem.0").out_channels == 4
+    # both factors share the ratio: half of the stem's outputs go, not half of each factor (a quarter kept)
+    assert both.get_submodule("stem.0").out_channels == 8
     for p in (outer, inner, both):
         assert fxprune.verify(p, x).passed
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from . import adapter
 from .sites import getattr_path
 
-__all__ = ["coordinate_costs", "allocation"]
+__all__ = ["coordinate_costs", "allocation", "allocation_table"]
 
 
 def coordinate_costs(dg, groups) -> dict:
@@ -36,3 +36,28 @@ def coordinate_costs(dg, groups) -> dict:
 def allocation(keep: dict) -> list:
     """``[(group name, size, kept, ratio removed)]`` for every group ``keep`` prunes."""
     return [(g.name, g.size, len(idx), 1 - len(idx) / g.size) for g, idx in keep.items()]
+
+
+def allocation_table(dg, keep: dict) -> str:
+    """Per pruned group, in graph order: the layers producing it, kept of its size and the share removed
+    (what the ranking allocated to each layer).
+
+    Example::
+
+        >>> import torch, fxprune
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> dg = fxprune.analyze(net, (torch.randn(1, 4),))
+        >>> print(allocation_table(dg, {dg.groups[0]: [0, 1, 2]}))
+        group    layers    kept    removed
+        -------  --------  ------  ---------
+        G0       0         3/8     62%
+    """
+    from tabulate import tabulate
+
+    rows = []
+    for g in dg.groups:
+        if g in keep:
+            layers = sorted({m.param.rpartition(".")[0] for m in g.producers} or {t.rpartition(".")[0]
+                                                                                   for t, _ in g.members})
+            rows.append([g.name, ", ".join(layers), f"{len(keep[g])}/{g.size}", f"{1 - len(keep[g]) / g.size:.0%}"])
+    return tabulate(rows, headers=["group", "layers", "kept", "removed"], disable_numparse=True)

@@ -67,6 +67,7 @@ class LayerRepair:
     before: float = float("nan")
     after: float = float("nan")
     note: str = ""
+    energy: float = float("nan")  # E||W x||^2: the errors times this are absolute (the objective)
 
 
 @dataclass
@@ -145,6 +146,7 @@ def _one(dg, cal: Calibration, site: Site, keep: dict, method: str, damping: flo
     dropped = torch.zeros_like(m)
     dropped[:, r] = m[:, r]
     energy = _quad(m, g) or 1.0
+    row.energy = energy
     row.before = _quad(dropped, g) / energy
     edit = _Edit(site)
     if method == "bias":

@@ -35,7 +35,10 @@ from ..calib import REPAIRS, calibrate
 from ..capture.modes import on_meta
 from ..calib.pipeline import calibration_for, needs_calibration, repair_plan
 from ..calib.allocation import coordinate_costs
+from ..calib.objective import split_by_objective
+from ..calib.sequential import sequential_repair
 from ..errors import MetaDeviceError
+from .budget import measured_plan
 from .counting import count_macs, count_params
 from .depth import BLOCK_CRITERIA, check_depth, score_blocks, select_blocks
 from .expressible import expressible
@@ -78,8 +81,10 @@ class PruneConfig:
         repair: ``None``, ``"bias"`` or ``"lstsq"``: refit every consumer of removed channels on the
             calibration ``data`` (Note [Repair] in ``fxprune/calib/repair.py``); opt-in, reported in
             ``fxprune.repair_report(result)``.
-        budget: what ``ratio`` counts under ``scope="global"``: ``"coordinates"`` or ``"params"``
-            (each coordinate weighs the parameters it removes, FLAP's compression weights).
+        budget: what ``ratio`` counts under ``scope="global"``: ``"coordinates"``, ``"params"`` or
+            ``"macs"``: the share of the parameters (MACs) of every tensor a candidate group prunes,
+            measured on the pruned layouts, the same for every criterion (Note [Honoured budgets] in
+            ``fxprune/policy/budget.py``); coordinates are ranked weighing what they remove (FLAP).
         uniform: with ``inplace=True``: every class of equivalent groups keeps one count across layers,
             and only what a stock config describes is pruned, so that plain ``from_pretrained`` loads the
             saved model (Note [Expressible pruning] in ``fxprune/policy/expressible.py``).
@@ -88,6 +93,14 @@ class PruneConfig:
             ``ratio=0`` for depth pruning alone.
         block_importance: how blocks are ranked: ``"angular"`` (calibrated on ``data``, default the example
             inputs), ``"cosine"``, ``"loss"`` (needs ``data`` and ``loss_fn``), ``"last"`` or ``"random"``.
+        sequential: with ``repair``: refit each consumer, in graph order, on the inputs the pruned and
+            already repaired model feeds it, not on the dense model's (SparseGPT-style; Note [Sequential
+            repair] in ``fxprune/calib/sequential.py``); two forward passes per repaired layer and batch.
+        split: how a local ratio is shared between head groups and the other groups: ``"ratio"`` (each
+            group loses ``ratio``), ``"objective"`` (the share of heads, head dims and MLP channels with
+            the least calibration output error after ``repair``, the parameters removed matched; needs
+            ``data``; Note [Width split by objective] in ``fxprune/calib/objective.py``), ``"auto"``:
+            ``"objective"`` with ``uniform=True`` when ``data`` calibrates, else ``"ratio"``.
     """
 
     ratio: float = 0.5
@@ -111,6 +124,10 @@ class PruneConfig:
     # -- depth (whole blocks) --
     depth_ratio: Union[None, float, int, tuple] = None
     block_importance: str = "angular"
+    # sequential repair (Note [Sequential repair] in fxprune/calib/sequential.py); the width split of a local
+    # ratio (Note [Width split by objective] in fxprune/calib/objective.py)
+    sequential: bool = False
+    split: str = "auto"
 
     def __post_init__(self):
         for name, r in [("ratio", self.ratio)] + [(f"ratios[{k!r}]", v) for k, v in self.ratios.items()]:
@@ -129,8 +146,11 @@ class PruneConfig:
         _check(0.0 < self.tolerance < 0.5, f"tolerance must be in (0, 0.5), got {self.tolerance}")
         _check(self.repair is None or self.repair in REPAIRS, f"repair must be None or one of {REPAIRS}, "
                f"got {self.repair!r}")
-        _check(self.budget in ("coordinates", "params"), f"budget must be 'coordinates' or 'params', "
+        _check(self.budget in ("coordinates", "params", "macs"), "budget must be 'coordinates', 'params' or 'macs', "
                f"got {self.budget!r}")
+        _check(not self.sequential or self.repair, "sequential=True refits layers one after the other: "
+               "set repair='lstsq' (or 'bias') too")
+        _check(self.split in ("auto", "ratio", "objective"), f"split must be auto/ratio/objective, got {self.split!r}")
         object.__setattr__(self, "ignore", name_list(self.ignore, "ignore"))
         object.__setattr__(self, "leaf_modules", name_list(self.leaf_modules, "leaf_modules"))
         get_importance(self.importance)  # unknown names fail here, not after analysis
@@ -176,9 +196,12 @@ def plan(dg, scores: dict, cfg: PruneConfig, ratio: Optional[float] = None, only
     allowed, ties, rounding = (None, (), None) if only is None else (only.allowed(), only.ties(), only.round_to())
     if cfg.scope == "global":
         ratios = group_ratios(dg, cfg, cfg.max_ratio, allowed)
-        costs = coordinate_costs(dg, ratios) if cfg.budget == "params" else None
-        return select_global(scores, ratios, ratio, cfg, costs, ties, rounding)
-    return select_local(scores, group_ratios(dg, cfg, ratio, allowed), cfg, ties, rounding)
+        if cfg.budget == "coordinates":
+            return select_global(scores, ratios, ratio, cfg, None, ties, rounding)
+        costs = coordinate_costs(dg, ratios)
+        return measured_plan(dg, lambda r: select_global(scores, ratios, r, cfg, costs, ties, rounding),
+                             ratios, ratio, cfg.budget)
+    return select_local(scores, group_ratios(dg, cfg, ratio, allowed), cfg, ties, rounding, dg)
 
 
 def _counter(cfg: PruneConfig, inputs, kwargs: Optional[dict] = None) -> Optional[Callable]:
@@ -313,10 +336,19 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
         raise ValueError("uniform=True chooses widths a stock config describes, for in-place pruning: pass inplace=True")
     only = expressible(dg, cfg.uniform) if inplace else None
     keep = _search(dg, scores, cfg, counter, target, progress, only) if counter is not None else \
-        plan(dg, scores, cfg, only=only)
-    fix = repair_plan(dg, keep, cal, cfg.repair, inplace)
+        _by_objective(dg, scores, cfg, cal, data, only) or plan(dg, scores, cfg, only=only)
     blocks = _depth(dg, cfg, data, loss_fn)
-    model = apply(dg, keep, check=check, inplace=inplace, repair=fix, blocks=blocks)
+    if cfg.sequential and blocks:
+        raise ValueError("sequential repair together with depth pruning is not supported yet: prune the blocks "
+                         "first (depth_ratio, sequential=False), then prune widths with sequential=True")
+    if cfg.sequential:  # refit on a certified pruned copy; in place, its edits go into the user's model
+        model = apply(dg, keep, check=check and not inplace)
+        fix = sequential_repair(dg, keep, model, data, cfg.repair, inplace_model=dg.model if inplace else None)
+        if inplace:
+            model = apply(dg, keep, check=check, inplace=True, repair=fix)
+    else:
+        fix = repair_plan(dg, keep, cal, cfg.repair, inplace)
+        model = apply(dg, keep, check=check, inplace=inplace, repair=fix, blocks=blocks)
     if only is not None:
         model.__dict__[keys.EXPRESSIBLE_ATTR] = only
     return PruneStep(model, keep, target, getattr(model, keys.CERTIFICATE_ATTR, None), only,
@@ -330,6 +362,19 @@ def _depth(dg, cfg: PruneConfig, data, loss_fn) -> list:
     scores = None if isinstance(cfg.depth_ratio, tuple) else \
         score_blocks(dg, cfg.block_importance, data=data, loss_fn=loss_fn)
     return select_blocks(dg, cfg.depth_ratio, scores)
+
+
+def _by_objective(dg, scores: dict, cfg: PruneConfig, cal, data, only) -> Optional[dict]:
+    """The keep-indices of the least-objective width split, or None where the plain ratio applies."""
+    if cfg.scope != "local" or cfg.split == "ratio" or (cfg.split == "auto" and not (cfg.uniform and data)):
+        return None
+    if data is None:
+        raise ValueError("split='objective' measures the calibration output error: pass data=[batch, ...]")
+    allowed, ties, rounding = (None, (), None) if only is None else (only.allowed(), only.ties(), only.round_to())
+    ratios = group_ratios(dg, cfg, cfg.max_ratio, allowed)  # caps: the split chooses each group's ratio
+    if cal is None or not cal.gram:
+        cal = calibrate(dg, data, gram=True, groups=list(ratios))
+    return split_by_objective(dg, scores, ratios, cfg.ratio, cfg, cal, ties, rounding, cfg.repair)
 
 
 def _refuse_meta(model: nn.Module, crit) -> None:

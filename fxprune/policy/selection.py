@@ -19,7 +19,9 @@ on the left is the *outer* factor. ``factors="outer"`` prunes only outer
 factors of such products (whole heads), ``"inner"`` only inner ones (head
 dims, the same count in every head); groups that never appear in a product of
 groups, or appear on both sides, are pruned either way. With ``"all"`` both are
-pruned and the reductions multiply.
+pruned, and one ratio is split among the factors of a product so that it
+removes about that share of the product, not that share of every factor
+(Note [Factored ratios] in ``fxprune/policy/factored.py``).
 """
 from __future__ import annotations
 
@@ -32,8 +34,10 @@ import torch
 import torch.nn as nn
 
 from ..graph import DependencyGraph, Group
+from .factored import components, innermost, split_counts
 
-__all__ = ["ignored_groups", "factor_roles", "group_ratios", "n_keep", "select_local", "select_global"]
+__all__ = ["ignored_groups", "factor_roles", "group_ratios", "n_keep", "select_local", "select_global",
+           "factored_counts"]
 
 
 def _owner(dg: DependencyGraph, target: str):
@@ -162,17 +166,39 @@ def _tied(scores: dict, ratios: dict, ties) -> tuple:
     return ratios, units
 
 
-def select_local(scores: dict, ratios: dict, cfg, ties=(), round_to=None) -> dict:
+def select_local(scores: dict, ratios: dict, cfg, ties=(), round_to=None, dg=None, mode: str = "nearest") -> dict:
     """Each group keeps its own top ``n_keep`` coordinates; ``ties`` (lists of groups of one size) keep
-    one count each; ``round_to``: ``{group: multiple}`` on top of ``cfg.round_to``."""
+    one count each; ``round_to``: ``{group: multiple}`` on top of ``cfg.round_to``. With ``dg``, the
+    factors of a product (heads x head dims) share the ratio: about ``ratio`` of the product's
+    coordinates go, not ``ratio`` of every factor (Note [Factored ratios] in ``factored.py``); ``mode``:
+    ``"nearest"``, ``"heads"`` (head dims kept) or ``"dims"`` (whole heads kept)."""
     ratios, _ = _tied(scores, ratios, ties)
+    counts = factored_counts(dg, scores, ratios, cfg, round_to, mode) if dg is not None else {}
     keep = {}
     for g, r in ratios.items():
         s = scores.get(g)
-        n = n_keep(g.size, r, _rounding(cfg, round_to, g))
+        n = counts.get(g, n_keep(g.size, r, _rounding(cfg, round_to, g)))
         if s is not None and n < g.size:
             keep[g] = _top(s, n)
     return keep
+
+
+def factored_counts(dg, scores: dict, ratios: dict, cfg, round_to=None, mode: str = "nearest") -> dict:
+    """``{group: kept count}`` for the groups that are factors of products with other prunable groups:
+    the component's ratio split among its factors (Note [Factored ratios] in ``factored.py``); ``mode``
+    ``"heads"`` prunes only the outer factors, ``"dims"`` only the innermost."""
+    out = {}
+    for groups, products in components(dg, [g for g in ratios if scores.get(g) is not None]):
+        r = min(ratios[g] for g in groups)
+        inner = innermost(groups, products)
+
+        def choices(g):
+            if (mode == "heads" and g in inner) or (mode == "dims" and g not in inner):
+                return [g.size]
+            rc = _rounding(cfg, round_to, g)
+            return sorted({n_keep(g.size, 1 - n / g.size, rc) for n in range(1, g.size + 1)})
+        out.update(split_counts(groups, products, 1.0 - r, choices))
+    return out
 
 
 def select_global(scores: dict, ratios: dict, ratio: float, cfg, costs: Optional[dict] = None, ties=(),

@@ -104,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", choices=["bias", "lstsq"], default=None,
                    help="refit every layer that reads removed channels on the calibration batches "
                         "(bias: mean compensation; lstsq: damped least squares); needs --calib N")
+    p.add_argument("--sequential", action="store_true",
+                   help="with --repair: refit layer after layer on the inputs the pruned model feeds them")
     p.add_argument("--scope", choices=["local", "global"], default="local",
                    help="local: every group loses the ratio; global: one ranking of all groups")
     p.add_argument("--ignore", nargs="+", default=[], metavar="NAME",
@@ -194,7 +196,7 @@ def _config(args):
                            tolerance=args.tolerance,
                            iterative_steps=args.iterative_steps, leaf_modules=tuple(args.leaf), repair=args.repair,
                            uniform=args.uniform, depth_ratio=args.depth_ratio,
-                           block_importance=args.block_importance)
+                           block_importance=args.block_importance, sequential=args.sequential)
     except (ValueError, TypeError, KeyError) as e:
         raise _Fail(EXIT_USAGE, str(e).strip("'\""))
 

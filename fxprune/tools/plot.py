@@ -37,6 +37,9 @@ def plot_widths(original: nn.Module, pruned: nn.Module, path: str, title: str = 
     try:
         ax.bar(xs, [b for _, b, _ in rows], color="0.82", label="before")
         ax.bar(xs, [a for _, _, a in rows], color="tab:blue", width=0.6, label="after")
+        for i, (_, b, a) in enumerate(rows):  # the allocation: the share each layer lost
+            if a < b:
+                ax.annotate(f"-{1 - a / b:.0%}", (i, b), ha="center", va="bottom", rotation=90, fontsize=6)
         ax.set_xticks(list(xs), names, rotation=90, fontsize=6 if len(rows) > 30 else 8)
         ax.set_ylabel("width (dim 0 of the weight)")
         ax.set_title(title or "per-layer widths before and after pruning", fontsize=10)

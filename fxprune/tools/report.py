@@ -52,6 +52,10 @@ def print_tables(args, m, dg, res, t_analyze: float, cfg, counts: tuple, lat, re
         print(group_table(dg, res.keep, m.args))
         if res.keep is None:
             print("(iterative pruning re-analyses the shrinking model: kept counts are in the layer table)")
+        else:
+            from ..calib.allocation import allocation_table
+            print("\nallocation per layer (the share of each group removed):")
+            print(allocation_table(dg, res.keep))
         print("\nper layer:")
         print(compare(m.model, res.model, m.args, m.kwargs))
     cert = res.certificate
