@@ -129,6 +129,8 @@ def test_a_model_too_large_for_float64_checks_streams_or_gets_a_float32_certific
     assert code == 0, out + err
     assert "memory: streamed: " in err and "too many for the in-memory path's float64 checks" in err
     assert "estimated peak streamed" in err and (tmp_path / "s" / "config.json").exists()
+    assert main([f"hf:{llama_dir}", "--ratio", "0.3", "-q"]) == 2  # streamed needs --out: said so
+    assert "pass --out DIR (or --in-memory" in capsys.readouterr().err
     code = main([f"hf:{llama_dir}", "--out", str(tmp_path / "m"), "--ratio", "0.3", "--in-memory",
                  "--latency-runs", "0", "--no-tables"])
     out, err = capsys.readouterr()

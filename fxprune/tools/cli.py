@@ -464,6 +464,9 @@ def _streams(args, say) -> bool:
     choice = choose_path(path, stream=args.stream, in_memory=args.in_memory, check=not args.no_verify)
     say(f"memory: {choice}")
     args.memory = choice.estimate
+    if choice.stream and not args.out:
+        raise _Fail(EXIT_USAGE, f"{choice.why}; a streamed run writes a new checkpoint: pass --out DIR (or "
+                                "--in-memory to prune a copy in memory)")
     return choice.stream
 
 
