@@ -60,14 +60,15 @@ def _run(argv: list) -> dict:
                 error=p.stderr.strip().splitlines()[-1][:160] if p.returncode else "")
 
 
-def measure(sizes: list, in_memory_up_to: float, scratch: str) -> list:
+def measure(sizes: list, in_memory_up_to: float, scratch: str, which=("default", "in-memory")) -> list:
     rows = []
     for name in sizes:
         ck = os.path.join(scratch, f"llama-{name}")
         nbytes = _write(ck, SHAPES[name])
         print(f"{name} GB: {nbytes / 1e9:.2f} GB written", flush=True)
-        modes = [("default", [])] + ([("--in-memory", ["--in-memory", "--latency-runs", "0"])]
-                                     if float(name) <= in_memory_up_to else [])
+        modes = ([("default", [])] if "default" in which else []) + \
+            ([("--in-memory", ["--in-memory", "--latency-runs", "0"])]
+             if "in-memory" in which and float(name) <= in_memory_up_to else [])
         for label, extra in modes:
             out = os.path.join(scratch, "out")
             shutil.rmtree(out, ignore_errors=True)
@@ -111,8 +112,26 @@ def write_report(rows: list, md: str, png: str) -> None:
     with open(md, "w") as f:
         f.write("# Peak memory against checkpoint size (`python benchmarks/bench_memory.py`)\n\n")
         f.write(__doc__.split("\n\n", 2)[2].strip() + "\n\n")
-        f.write(tabulate(table, headers=head, tablefmt="github", disable_numparse=True) + "\n\n![peak RSS](memory.png)\n")
+        f.write(tabulate(table, headers=head, tablefmt="github", disable_numparse=True) + "\n\n")
+        f.write("Targets (issue 25):\n\n" + "\n".join(_targets(rows)) + "\n\n![peak RSS](memory.png)\n")
     _plot(rows, png)
+
+
+def _targets(rows: list) -> list:
+    """One line per target of issue 25 that these rows measure: the figure, and met or not."""
+    out = []
+    for size, mode, limit in (("0.3", "default", None), ("1.7", "default", 1.0), ("0.3", "--in-memory", 4.0)):
+        r = next((r for r in rows if r["size"] == size and r["mode"] == mode), None)
+        if r is None:
+            out.append(f"- {size} GB, {mode}: not run")
+            continue
+        ratio, within = r["peak"] / r["bytes"], bool(r["estimate"] and r["peak"] <= r["estimate"])
+        ok = r["code"] == 0 and (limit is None or ratio <= limit) and (mode != "default" or within)
+        need = f"peak <= {limit:g}x the checkpoint" if limit else "exit 0"
+        out.append(f"- {size} GB, {mode}: exit {r['code']}, peak {ratio:.2f}x the checkpoint, "
+                   f"{'within' if within else 'over'} the printed estimate (target: {need}"
+                   f"{', within the estimate' if mode == 'default' else ''}): {'met' if ok else 'NOT met'}")
+    return out
 
 
 def _plot(rows: list, png: str) -> None:
@@ -140,6 +159,7 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=["0.1", "0.3", "0.8"], choices=list(SHAPES))
     ap.add_argument("--in-memory-up-to", type=float, default=0.8, help="largest size run with --in-memory (GB)")
     ap.add_argument("--scratch", default=None, help="where checkpoints are written (default: a temp dir)")
+    ap.add_argument("--modes", nargs="+", default=["default", "in-memory"], choices=["default", "in-memory"])
     ap.add_argument("--from-log", metavar="FILE", help="write the report from the lines a run printed")
     args = ap.parse_args()
     here = os.path.dirname(os.path.abspath(__file__))
@@ -148,7 +168,7 @@ def main() -> None:
                             os.path.join(here, "memory.png"))
     scratch = args.scratch or tempfile.mkdtemp(prefix="fxprune-mem-")
     try:
-        rows = measure(args.sizes, args.in_memory_up_to, scratch)
+        rows = measure(args.sizes, args.in_memory_up_to, scratch, args.modes)
     finally:
         if args.scratch is None:
             shutil.rmtree(scratch, ignore_errors=True)
