@@ -140,7 +140,7 @@ def _plot(rows: list, png: str) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     for mode, marker in (("default", "o"), ("--in-memory", "s")):
-        pts = [(r["bytes"] / 1e9, r["peak"] / 1e9) for r in rows if r["mode"] == mode and r["code"] == 0]
+        pts = sorted((r["bytes"] / 1e9, r["peak"] / 1e9) for r in rows if r["mode"] == mode and r["code"] == 0)
         if pts:
             ax.plot(*zip(*pts), marker=marker, label=f"{mode} (exit 0)")
     top = max(r["bytes"] for r in rows) / 1e9
