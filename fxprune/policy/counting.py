@@ -132,7 +132,8 @@ def compare(original: nn.Module, pruned: nn.Module, example_inputs, example_kwar
         >>> print(fxprune.compare(net, small, (torch.randn(1, 4),)).splitlines()[-1])
         total          58        30  51.7%       48        24  50.0%
     """
-    return compare_counts(count(original, example_inputs, example_kwargs), count(pruned, example_inputs, example_kwargs))
+    before = count(original, example_inputs, example_kwargs)
+    return compare_counts(before, count(pruned, example_inputs, example_kwargs))
 
 
 def compare_counts(a: Count, b: Count) -> str:

@@ -68,7 +68,8 @@ def print_tables(args, dg, res, t_analyze: float, cfg, counts: tuple, shapes: tu
     if lat is not None:
         rows.append([f"CPU latency ms (median of {args.latency_runs})", f"{lat[0]:.2f}", f"{lat[1]:.2f}",
                      f"{lat[1] / lat[0]:.1%}"])
-    rows.append(["output shapes", _short(shapes[0]), _short(shapes[1]), "same" if shapes[0] == shapes[1] else "CHANGED"])
+    same = "same" if shapes[0] == shapes[1] else "CHANGED"
+    rows.append(["output shapes", _short(shapes[0]), _short(shapes[1]), same])
     print(tabulate(rows, headers=["", "original", "pruned", "ratio"], disable_numparse=True))
     if cert is not None:
         print(f"\ncertificate: {cert}")
