@@ -434,6 +434,7 @@ REPORTS = [  # (file under benchmarks/, the command that writes it)
     ("HF.md", "python benchmarks/bench_hf.py"),
     ("QUALITY.md", "python benchmarks/bench_quality.py"),
     ("STREAM.md", "python benchmarks/bench_stream.py"),
+    ("MEMORY.md", "python benchmarks/bench_memory.py"),
 ]
 
 

@@ -140,3 +140,24 @@ def prune_and_save(name: str, path: str, *, uniform: bool = False, ratio: float 
         torch.set_num_threads(threads)
     torch.save({"inputs": x, "output": out}, f"{path}/ref.pt")
     return info
+
+
+def write_llama_checkpoint(path: str, hidden: int, layers: int, heads: int, kv_heads: int, mlp: int,
+                           vocab: int = 32000, seed: int = 0) -> int:
+    """A random-weight LLaMA checkpoint as a user has one: bf16, ``save_pretrained`` with 200 MB shards.
+    Built in bf16 (no float32 model in between); returns the tensor bytes written."""
+    import transformers as T
+
+    cfg = T.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
+                        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=2048,
+                        tie_word_embeddings=False)
+    old = torch.get_default_dtype()
+    torch.manual_seed(seed)
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        model = T.LlamaForCausalLM(cfg).eval()
+    finally:
+        torch.set_default_dtype(old)
+    model.config.torch_dtype = torch.bfloat16
+    model.save_pretrained(path, max_shard_size="200MB")
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())

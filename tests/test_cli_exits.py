@@ -85,7 +85,7 @@ def test_help_documents_every_exit_code(capsys):
     assert code == 0
     for k, text in EXIT_CODES.items():
         assert f"  {k:<3} {text.split(':')[0]}" in out, k
-    assert len(set(EXIT_CODES)) == len(EXIT_CODES) == 9
+    assert len(set(EXIT_CODES)) == len(EXIT_CODES) == 10  # 7: --in-memory does not fit (issue 25)
 
 
 def test_wrong_input_rank_exits_4_with_one_message(capsys, models):

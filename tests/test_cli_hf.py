@@ -69,3 +69,83 @@ def test_config_alone_is_built_on_meta_and_gets_a_pruned_config(llama_dir, tmp_p
 def test_hf_exit_codes(argv, code, capsys):
     assert main(argv + ["-q", "--latency-runs", "0"]) == code
     assert "error" in capsys.readouterr().err
+
+
+def _group_rows(text: str) -> dict:
+    """``{group: (size, member params before, owner MACs)}`` parsed from the CLI's per-group table."""
+    block = text.split("per group (each row: that group pruned alone):\n", 1)[1].split("\n\n", 1)[0]
+    rows = {}
+    for line in block.splitlines()[2:]:
+        name, size, _, before, _, macs = line.split()
+        rows[name] = (int(size), int(before), int(macs))
+    return rows
+
+
+def _expected_groups(model, example: dict) -> dict:
+    """``{group: (size, member params)}`` of a fresh analysis of the unpruned ``model``."""
+    import fxprune
+    dg = fxprune.analyze(model, (), example)
+    params = dict(model.named_parameters())  # a tied weight once, as the graph holds it
+    return {g.name: (g.size, sum(params[m.param].numel() for m in g.layouts if m.param in params)) for g in dg.groups}
+
+
+# LayerNorm decoder, LayerNorm vision encoder, encoder-decoder: the table ran the graph captured before the
+# in-place rewrite (exit 70 on the first two: the graph kept normalized_shape; T5 printed sizes already pruned
+# and every owner MAC count 0)
+@pytest.mark.parametrize("family", ["gpt2", "vit", "t5"])
+def test_out_counts_the_original_before_the_in_place_rewrite(family, tmp_path, capsys):
+    model, inputs = hf_tiny.build(family)
+    model.save_pretrained(tmp_path / "src")
+    p0 = hf_tiny.params(model)
+    code = main([f"hf:{tmp_path / 'src'}", "--out", str(tmp_path / "out"), "--ratio", "0.3", "--latency-runs", "0"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "round trip: identical logits" in text
+    rows = _group_rows(text)
+    want = _expected_groups(model, inputs(1, 7))
+    assert {k: v[:2] for k, v in rows.items()} == want
+    assert sum(v[2] for v in rows.values()) > 0  # owner MACs of the original, counted on its own modules
+    import fxprune.hf
+    p1 = hf_tiny.params(fxprune.hf.from_pretrained(str(tmp_path / "out")))
+    total = next(line for line in text.splitlines() if line.startswith("total")).split()
+    assert (int(total[1]), int(total[2])) == (p0, p1) and p1 < p0  # per-layer totals: original, then result
+
+
+def test_default_path_is_in_memory_for_a_small_model_and_says_why(llama_dir, tmp_path, capsys):
+    code = main([f"hf:{llama_dir}", "--out", str(tmp_path / "o"), "--ratio", "0.3", "--latency-runs", "0",
+                 "--no-tables"])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert "memory: in memory: the model and its float64 checks fit; estimated peak in memory" in err
+    assert "certificate: permutation oracle exact (float64" in out and "oracles exact" in out
+
+
+def test_a_model_too_large_for_float64_checks_streams_or_gets_a_float32_certificate(llama_dir, tmp_path, capsys,
+                                                                                     monkeypatch):
+    import fxprune.hf.memory as memory
+    monkeypatch.setattr(memory, "FLOAT64_LIMIT", 1024)  # the tiny model counts as large
+    code = main([f"hf:{llama_dir}", "--out", str(tmp_path / "s"), "--ratio", "0.3"])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert "memory: streamed: " in err and "too many for the in-memory path's float64 checks" in err
+    assert "estimated peak streamed" in err and (tmp_path / "s" / "config.json").exists()
+    assert main([f"hf:{llama_dir}", "--ratio", "0.3", "-q"]) == 2  # streamed needs --out: said so
+    assert "pass --out DIR (or --in-memory" in capsys.readouterr().err
+    code = main([f"hf:{llama_dir}", "--out", str(tmp_path / "m"), "--ratio", "0.3", "--in-memory",
+                 "--latency-runs", "0", "--no-tables"])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert "memory: --in-memory; certificate in float32" in err and "estimated peak in memory" in err
+    assert "certificate: permutation oracle exact (float32" in out
+    assert "oracles not run (model too large: certificate only)" in out and "identical logits" in out
+
+
+def test_in_memory_that_does_not_fit_exits_7(llama_dir, tmp_path, capsys, monkeypatch):
+    import fxprune.hf.memory as memory
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)
+    code = main([f"hf:{llama_dir}", "--out", str(tmp_path / "m"), "--in-memory", "--latency-runs", "0"])
+    err = capsys.readouterr().err
+    assert code == 7 and "drop --in-memory to stream it" in err and "GiB is free" in err
+    assert not (tmp_path / "m").exists()
+    assert main([f"hf:{llama_dir}", "--out", str(tmp_path / "m"), "--in-memory", "--stream"]) == 2
+    assert main(["demo", "--in-memory"]) == 2

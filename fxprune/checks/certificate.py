@@ -182,8 +182,10 @@ def certify(dg, *, seed: int = 0, max_bytes: Optional[int] = None, raise_on_mism
     gen = torch.Generator().manual_seed(seed)
     perm = {g.atom: torch.randperm(g.size, generator=gen) for g in dg.groups}
     ref_gm, perm_gm = runnable(gm), rewrite_graph(gm, perm)
-    if dtype is torch.float64:
-        promote_casts(ref_gm, dtype), promote_casts(perm_gm, dtype)
+    if dtype is not None:  # the graph's casts to float32, and to a half model's own dtype, follow the copy
+        own = next((t.dtype for t in _tensors(dg.gm) if t.is_floating_point()), torch.float32)
+        source = (torch.float32, own) if own.itemsize < 4 else (torch.float32,)
+        promote_casts(ref_gm, dtype, source), promote_casts(perm_gm, dtype, source)
     error = relative_error(plain_outputs(ref_gm(*args, **kwargs)), plain_outputs(perm_gm(*args, **kwargs)))
     used = dtype or next((t.dtype for t in _tensors(dg.gm) if t.is_floating_point()), torch.float32)
     rtol = FLOAT64_RTOL if used is torch.float64 else FLOAT32_RTOL if used is torch.float32 else HALF_RTOL

@@ -22,9 +22,10 @@ def cast_value(x, dtype=torch.float64):
     return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
 
 
-def promote_casts(module: nn.Module, dtype=torch.float64) -> None:
-    """Casts to float32 inside every graph of ``module`` become casts to ``dtype``."""
-    swap = lambda a: dtype if a is torch.float32 else a  # noqa: E731
+def promote_casts(module: nn.Module, dtype=torch.float64, source: tuple = (torch.float32,)) -> None:
+    """Casts to a ``source`` dtype (float32; add a bf16 model's own dtype, which its graph casts back to)
+    inside every graph of ``module`` become casts to ``dtype``."""
+    swap = lambda a: dtype if isinstance(a, torch.dtype) and a in source else a  # noqa: E731
     for gm in module.modules():
         if not isinstance(gm, torch.fx.GraphModule):
             continue

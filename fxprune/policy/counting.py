@@ -10,6 +10,7 @@ model in train mode never updates its BatchNorm statistics or flips a flag.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,8 @@ from fxprune.passes import runnable
 from ..capture.modes import eval_copy
 from ..graph import DependencyGraph
 
-__all__ = ["Count", "count", "count_macs", "count_params", "compare", "group_table", "latency"]
+__all__ = ["Count", "count", "count_macs", "count_params", "compare", "compare_counts", "group_table",
+           "param_shapes", "latency"]
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,13 @@ def compare(original: nn.Module, pruned: nn.Module, example_inputs, example_kwar
         >>> print(fxprune.compare(net, small, (torch.randn(1, 4),)).splitlines()[-1])
         total          58        30  51.7%       48        24  50.0%
     """
-    a, b = count(original, example_inputs, example_kwargs), count(pruned, example_inputs, example_kwargs)
+    before = count(original, example_inputs, example_kwargs)
+    return compare_counts(before, count(pruned, example_inputs, example_kwargs))
+
+
+def compare_counts(a: Count, b: Count) -> str:
+    """The table of :func:`compare` from two :class:`Count` s, each measured while its model was as counted
+    (the original before an in-place rewrite, the result after it)."""
     rows = []
     for name in list(a.layers) + [n for n in b.layers if n not in a.layers]:
         (pa, ma), (pb, mb) = a.layers.get(name, (0, 0)), b.layers.get(name, (0, 0))
@@ -139,27 +147,51 @@ def compare(original: nn.Module, pruned: nn.Module, example_inputs, example_kwar
     return tabulate(rows, headers=["layer", "params", "pruned", "kept", "MACs", "pruned", "kept"])
 
 
-def group_table(dg: DependencyGraph, keep: dict | None = None, example_inputs=None) -> str:
+def param_shapes(dg: DependencyGraph) -> dict:
+    """``{parameter name: shape}`` of the analysed graph, as it is now: taken before an in-place rewrite,
+    what :func:`group_table` sizes the groups from (the graph shares its tensors with the model)."""
+    return {k: tuple(t.shape) for k, t in dg.gm.named_parameters()}
+
+
+def group_table(dg: DependencyGraph, keep: dict | None = None, example_inputs=None, *,
+                shapes: Optional[dict] = None, before: Optional[Count] = None) -> str:
     """Per group: size, kept coordinates, and the parameters of its members before/after.
 
     "after" prunes this group alone (other groups' edits are not applied), so a
-    row says what pruning that group buys. With ``example_inputs``, MACs of the
-    modules owning the group's parameters are listed too.
+    row says what pruning that group buys. With ``example_inputs`` (or ``before``),
+    MACs of the modules owning the group's parameters are listed too.
+
+    After an in-place rewrite the graph's tensors are the resized model's and its
+    literals are stale: pass what was measured before it, ``shapes``
+    (:func:`param_shapes`) and ``before`` (:func:`count` of the original), and
+    nothing runs or reads the graph's tensors.
+
+    Example::
+
+        >>> import torch, fxprune
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> dg = fxprune.analyze(net, (torch.randn(1, 4),))
+        >>> print(fxprune.group_table(dg, {dg.groups[0]: [0, 1, 2, 3]}).splitlines()[-1])
+        G0            8       4               56       28
     """
     keep = {g.atom: torch.as_tensor(v) for g, v in (keep or {}).items()}
-    flops = _module_flops(runnable(dg.gm), _as_tuple(example_inputs), dg.example_kwargs) \
-        if example_inputs is not None else None
-    params = dict(dg.gm.named_parameters())
+    if before is not None:
+        flops = {k: 2 * macs for k, (_, macs) in before.layers.items()}
+    else:
+        flops = _module_flops(runnable(dg.gm), _as_tuple(example_inputs), dg.example_kwargs) \
+            if example_inputs is not None else None
+    shapes = shapes if shapes is not None else param_shapes(dg)
     rows = []
     for g in dg.groups:
-        before = after = 0
+        before_n = after_n = 0
         for m in g.layouts:
-            t = params.get(m.param)
-            if t is not None:
-                before += t.numel()
-                after += t.numel() // t.shape[m.dim] * m.layout.new_size(_only(keep, g.atom))
+            shape = shapes.get(m.param)
+            if shape is not None:
+                numel = math.prod(shape)
+                before_n += numel
+                after_n += numel // shape[m.dim] * m.layout.new_size(_only(keep, g.atom))
         kept = len(keep[g.atom]) if g.atom in keep else g.size
-        row = [g.name, g.size, kept, before, after]
+        row = [g.name, g.size, kept, before_n, after_n]
         if flops is not None:
             owners = {t.rpartition(".")[0] for t, _ in g.members}
             row.append(sum(flops.get(o, 0) for o in owners) // 2)

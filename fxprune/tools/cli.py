@@ -28,7 +28,7 @@ import torch
 __all__ = ["main", "EXIT_CODES"]
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_CAPTURE, EXIT_MODEL, EXIT_OUTPUT, EXIT_MISSING = 0, 1, 2, 3, 4, 5, 6
-EXIT_INTERNAL, EXIT_INTERRUPTED = 70, 130
+EXIT_MEMORY, EXIT_INTERNAL, EXIT_INTERRUPTED = 7, 70, 130
 EXIT_CODES = {
     EXIT_OK: "pruned (and, unless --no-verify, certified and both oracles exact)",
     EXIT_MISMATCH: "oracle mismatch: the analysis misses a coupling (please report it)",
@@ -42,6 +42,8 @@ EXIT_CODES = {
     EXIT_OUTPUT: "cannot write --save/--plot/--out: missing directory, no permission, disk full (nothing is "
                  "left behind), model not serializable",
     EXIT_MISSING: "a missing optional package (torchvision, timm, matplotlib)",
+    EXIT_MEMORY: "--in-memory: the in-memory path's estimated peak exceeds free memory (drop it to stream), "
+                 "or an allocation failed",
     EXIT_INTERNAL: "internal error: a bug in fxprune (please report it with the --debug output)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
@@ -57,8 +59,10 @@ MODEL:
   hf:PATH                 a Hugging Face checkpoint directory (or a config.json alone: built on the
                           meta device, weight-free criteria only, nothing certified); --out DIR writes
                           the model pruned in place as a checkpoint and prints its per-layer widths;
-                          --stream (automatic when the checkpoint does not fit in memory) prunes the
-                          safetensors shards tensor by tensor and block by block. --out must be a
+                          --stream prunes the safetensors shards tensor by tensor and block by block;
+                          without --stream or --in-memory the path is chosen from an estimate of each
+                          path's peak memory (printed): in memory only where the model is small enough
+                          for the float64 checks and fits in free memory, else streamed. --out must be a
                           new or empty directory, never the input; it appears only once complete
 
 exit codes:
@@ -130,6 +134,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true",
                    help="hf:PATH: prune tensor by tensor and block by block without loading the model (the default "
                         "when the checkpoint does not fit in memory)")
+    p.add_argument("--in-memory", action="store_true",
+                   help="hf:PATH: load and prune in place even where the default would stream (a model too large "
+                        "for float64 checks gets a float32 certificate); exit 7 when the estimate exceeds free "
+                        "memory")
     p.add_argument("--no-verify", action="store_true", help="skip the certificate and the float64 oracles")
     p.add_argument("--latency-runs", type=int, default=20, metavar="N",
                    help="timed CPU forward passes before/after (median; 0 skips; default 20)")
@@ -155,7 +163,8 @@ def _exit_for():
     from .zoo import MissingPackageError, SpecError
     return [(OracleMismatchError, EXIT_MISMATCH), (MissingPackageError, EXIT_MISSING), (SpecError, EXIT_USAGE),
             (CaptureError, EXIT_CAPTURE), (ExampleInputError, EXIT_MODEL), (MetaDeviceError, EXIT_MODEL),
-            (SaveError, EXIT_OUTPUT), (OSError, EXIT_OUTPUT), (ValueError, EXIT_USAGE), (KeyError, EXIT_USAGE)]
+            (SaveError, EXIT_OUTPUT), (OSError, EXIT_OUTPUT), (ValueError, EXIT_USAGE), (KeyError, EXIT_USAGE),
+            (MemoryError, EXIT_MEMORY)]
 
 
 def _exit_code(e: BaseException) -> int:
@@ -310,7 +319,7 @@ class _Pruned:
     keep: Optional[dict]
     seconds: float
     certificate: object
-    inplace: bool = False  # --out: the loaded model itself was pruned; m.model is a copy of it as it was
+    inplace: bool = False  # --out: the loaded model itself was pruned; m.model is its meta-device twin as it was
     blocks: tuple = ()  # names of the whole blocks removed (--depth-ratio)
 
 
@@ -322,13 +331,13 @@ def _prune(args, m: _Loaded, dg, cfg, say) -> _Pruned:
     from ..hf.output import prunes_in_place
     from ..policy.counting import count_params
     from ..policy.importance import get_importance
+    from .report import shape_twin
     crit = get_importance(cfg.importance)
     data = _calibration(m, args.calib_batches, say) if crit.needs_data else _plain_calibration(args, crit, m)
     check = not args.no_verify
     t = time.perf_counter()
-    if args.out and prunes_in_place(m.model, m.meta, say):  # the report compares with a copy as it was
-        import copy
-        model, m.model = m.model, copy.deepcopy(m.model)
+    if args.out and prunes_in_place(m.model, m.meta, say):  # the report's "before" was measured already
+        model, m.model = m.model, shape_twin(m.model)  # shapes as they were (meta: no tensor memory)
         step = prune_step(dg, cfg, data=data, check=check, progress=say.bars, inplace=True) \
             if cfg.iterative_steps == 1 else None
         model = step.model if step else prune(model, m.args, cfg, example_kwargs=m.kwargs, data=data, check=check,
@@ -368,38 +377,88 @@ def _plain_calibration(args, crit, m: _Loaded):
 
 # -- step 4: report ---------------------------------------------------------------------------------
 
-def _report(args, m: _Loaded, dg, res: _Pruned, t_analyze: float, cfg, say) -> tuple:
-    from ..checks.oracles import verify
-    from ..policy.counting import count_macs, count_params, latency
-    from .report import print_tables, si
+@dataclass
+class _Before:
+    """The original, measured before pruning (Note [Count before the rewrite])."""
+    count: object  # fxprune.Count
+    shapes: dict  # the analysed graph's parameter shapes
+    outputs: list  # output shapes
+    latency: Optional[float] = None
+    report: object = None  # fxprune.verify's VerifyReport, or None with --no-verify
+
+
+# Note [Count before the rewrite]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# With --out the loaded model is pruned in place, and the captured graph shares its
+# tensors while keeping the old shape literals (a LayerNorm's normalized_shape, a
+# view's head count): running that graph on the rewritten model fails or counts a
+# wrong model. So everything about the original (counts per layer and per group,
+# output shapes, latency, the fresh-analysis oracles) is measured before pruning,
+# and everything about the result from the pruned model as it now is.
+
+def _measure_before(args, m: _Loaded, dg, cfg, say) -> _Before:
+    from ..policy.counting import count, latency, param_shapes
+    from .report import output_shapes
     kw = m.kwargs
-    counts = (count_params(m.model), count_macs(m.model, m.args, kw), count_params(res.model),
-              count_macs(res.model, m.args, kw))
-    report = None
-    if not args.no_verify:
+    before = _Before(count(m.model, m.args, kw), param_shapes(dg), output_shapes(m.model, m.args, kw))
+    est = getattr(args, "memory", None)
+    if not args.no_verify and est is not None and est.check_dtype is torch.float32 and cfg.iterative_steps == 1:
+        _certify_float32(dg, say)
+    if not args.no_verify and (est is None or est.oracles):
         say("verifying: permutation and removal oracles on a fresh float64 analysis")
-        report = verify(m.model, m.args, kw, leaf_modules=cfg.leaf_modules, raise_on_mismatch=False, fold=args.fold,
-                        depth=res.blocks or None)
-    lat = None
+        if cfg.depth_ratio is None:
+            before.report = _verify(args, m, cfg)
+        # else: the oracles remove the blocks pruning chooses, so they run after it (_report); depth pruning is
+        # never in place (--depth-ratio with --out is refused), so m.model is still the original then
+    elif not args.no_verify:
+        say("fresh-analysis float64 oracles skipped: four float64 copies of this model do not fit the estimate "
+            "(the certificate checks the pruning)")
     if args.latency_runs:
         say(f"timing CPU latency ({args.latency_runs} runs each, {torch.get_num_threads()} threads)")
-        lat = tuple(latency(x, m.args, kw, repeats=args.latency_runs)["median_ms"] for x in (m.model, res.model))
-    same_shape = print_tables(args, m, dg, res, t_analyze, cfg, counts, lat, report) if not args.quiet else \
-        _same_shapes(m, res)
+        before.latency = latency(m.model, m.args, kw, repeats=args.latency_runs)["median_ms"]
+    return before
+
+
+def _verify(args, m: _Loaded, cfg, blocks: tuple = ()):
+    from ..checks.oracles import verify
+    return verify(m.model, m.args, m.kwargs, leaf_modules=cfg.leaf_modules, raise_on_mismatch=False, fold=args.fold,
+                  depth=blocks or None)
+
+
+def _certify_float32(dg, say) -> None:
+    """The certificate of ``dg`` in float32 (Note [Choosing the path]): a budget under which a float64 copy does
+    not fit and a float32 one does; ``prune_step`` uses this certificate (``fxprune.api.certificate``)."""
+    from ..checks.certificate import certify
+    numel = sum(t.numel() for t in (*dg.gm.parameters(), *dg.gm.buffers()) if t.is_floating_point())
+    say("certifying in float32 (a float64 copy of this model is over the estimate's limit)")
+    dg._certificate = certify(dg, max_bytes=2 * 3 * 4 * numel)
+
+
+def _report(args, m: _Loaded, dg, res: _Pruned, before: _Before, t_analyze: float, cfg, say) -> tuple:
+    from ..policy.counting import count, latency
+    from .report import output_shapes, print_tables, si
+    kw = m.kwargs
+    if cfg.depth_ratio is not None and not args.no_verify and not res.inplace:
+        before.report = _verify(args, m, cfg, res.blocks)
+    after = count(res.model, m.args, kw)
+    counts = (before.count.params, before.count.macs, after.params, after.macs)
+    lat = None
+    if args.latency_runs:
+        lat = (before.latency, latency(res.model, m.args, kw, repeats=args.latency_runs)["median_ms"])
+    shapes = (before.outputs, output_shapes(res.model, m.args, kw))
+    if not args.quiet:
+        print_tables(args, dg, res, t_analyze, cfg, (before, after), shapes, lat, before.report)
     _write_outputs(args, m, res, say)
-    passed = report is None or (report.passed and same_shape)
-    status = "not run (--no-verify)" if report is None else "exact" if passed else "MISMATCH"
+    report = before.report
+    passed = report is None or (report.passed and shapes[0] == shapes[1])
+    status = ("not run (--no-verify)" if args.no_verify else "not run (model too large: certificate only)") \
+        if report is None else "exact" if passed else "MISMATCH"
     lat_s = f", latency {lat[0]:.2f} -> {lat[1]:.2f} ms" if lat else ""
     p0, macs0, p1, macs1 = counts
     depth = f", {len(res.blocks)} blocks removed" if res.blocks else ""
     summary = (f"{m.label}: {len(dg.groups)} groups{depth}, params {p0} -> {p1} ({p1 / p0:.1%}), "
                f"MACs {si(macs0)} -> {si(macs1)}{lat_s}, oracles {status}")
     return summary, (EXIT_OK if passed else EXIT_MISMATCH)
-
-
-def _same_shapes(m: _Loaded, res: _Pruned) -> bool:
-    from .report import output_shapes
-    return output_shapes(m.model, m.args, m.kwargs) == output_shapes(res.model, m.args, m.kwargs)
 
 
 def _write_outputs(args, m: _Loaded, res: _Pruned, say) -> None:
@@ -421,8 +480,8 @@ def _run(args, say) -> tuple:
     _check_options(args, cfg)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    from ..hf.stream import run_cli, wants_stream
-    if wants_stream(args):  # a checkpoint larger than memory (or --stream): Note [Streamed pruning]
+    from ..hf.stream import run_cli
+    if _streams(args, say):  # Note [Choosing the path] in fxprune/hf/memory.py; Note [Streamed pruning]
         return run_cli(args, cfg, say)
     m = _load(args, say)
     if m.meta:  # no values: nothing to certify, verify or time
@@ -433,8 +492,35 @@ def _run(args, say) -> tuple:
         cfg = dataclasses.replace(cfg, importance=args.importance or "random")
     args.importance = args.importance or cfg.importance  # what the report names
     dg, t_analyze = _analyse(args, m, cfg, say)
+    before = _measure_before(args, m, dg, cfg, say)
     res = _prune(args, m, dg, cfg, say)
-    return _report(args, m, dg, res, t_analyze, cfg, say)
+    return _report(args, m, dg, res, before, t_analyze, cfg, say)
+
+
+def _streams(args, say) -> bool:
+    """Whether ``hf:PATH`` is streamed; the estimate of the path taken is printed and kept on ``args.memory``."""
+    from ..hf.stream import wants_stream
+    args.memory = None
+    spec = args.model or ""
+    if args.in_memory and args.stream:
+        raise _Fail(EXIT_USAGE, "--in-memory and --stream choose opposite paths: pass one")
+    if args.in_memory and not spec.startswith("hf:"):
+        raise _Fail(EXIT_USAGE, "--in-memory chooses how an hf:PATH checkpoint is pruned: use it with MODEL hf:PATH")
+    path = spec[3:]
+    if not spec.startswith("hf:") or not os.path.isdir(path) or not _has_safetensors(path):
+        return wants_stream(args)
+    from ..hf.memory import choose_path
+    choice = choose_path(path, stream=args.stream, in_memory=args.in_memory, check=not args.no_verify)
+    say(f"memory: {choice}")
+    args.memory = choice.estimate
+    if choice.stream and not args.out:
+        raise _Fail(EXIT_USAGE, f"{choice.why}; a streamed run writes a new checkpoint: pass --out DIR (or "
+                                "--in-memory to prune a copy in memory)")
+    return choice.stream
+
+
+def _has_safetensors(path: str) -> bool:
+    return any(f.endswith(".safetensors") for f in os.listdir(path))
 
 
 @contextlib.contextmanager

@@ -1,13 +1,16 @@
 """The CLI's report step: analysis, per-group and per-layer tables, totals, certificate and oracles."""
 from __future__ import annotations
 
+import copy
+
 import torch
+import torch.nn as nn
 from tabulate import tabulate
 from torch.utils._pytree import tree_flatten
 
 from ..capture.modes import eval_copy
 
-__all__ = ["print_tables", "output_shapes", "si"]
+__all__ = ["print_tables", "output_shapes", "si", "shape_twin"]
 
 
 def output_shapes(model, args: tuple, kwargs: dict) -> list:
@@ -40,16 +43,19 @@ def _how(cfg, importance: str) -> str:
     return f"pruned {how} by {importance}{steps}"
 
 
-def print_tables(args, m, dg, res, t_analyze: float, cfg, counts: tuple, lat, report) -> bool:
-    """Print everything a non-quiet run shows; returns whether the output shapes are unchanged."""
-    from ..policy.counting import compare, group_table
+def print_tables(args, dg, res, t_analyze: float, cfg, counts: tuple, shapes: tuple, lat, report) -> None:
+    """Print everything a non-quiet run shows. ``counts`` is the original's :class:`fxprune.Count` and graph
+    shapes as measured before pruning (the CLI's ``_Before``) and the result's Count; ``shapes`` the output
+    shapes before and after."""
+    from ..policy.counting import compare_counts, group_table
+    before, after = counts
     print(dg.report())
     if args.groups:
         for g in dg.groups:
             print("\n" + g.details())
     if not args.no_tables:
         print("\nper group (each row: that group pruned alone):")
-        print(group_table(dg, res.keep, m.args))
+        print(group_table(dg, res.keep, shapes=before.shapes, before=before.count))
         if res.keep is None:
             print("(iterative pruning re-analyses the shrinking model: kept counts are in the layer table)")
         else:
@@ -57,17 +63,17 @@ def print_tables(args, m, dg, res, t_analyze: float, cfg, counts: tuple, lat, re
             print("\nallocation per layer (the share of each group removed):")
             print(allocation_table(dg, res.keep))
         print("\nper layer:")
-        print(compare(m.model, res.model, m.args, m.kwargs))
+        print(compare_counts(before.count, after))
     cert = res.certificate
     check_s = f", certificate {cert.seconds:.2f} s" if cert is not None and cert.checked else ""
     print(f"\n{_how(cfg, args.importance)} (analysis {t_analyze:.2f} s, pruning {res.seconds:.2f} s{check_s})")
-    p0, macs0, p1, macs1 = counts
-    before, after = output_shapes(m.model, m.args, m.kwargs), output_shapes(res.model, m.args, m.kwargs)
+    p0, macs0, p1, macs1 = before.count.params, before.count.macs, after.params, after.macs
     rows = [["parameters", p0, p1, f"{p1 / p0:.1%}"], ["MACs", macs0, macs1, f"{macs1 / macs0:.1%}" if macs0 else "-"]]
     if lat is not None:
         rows.append([f"CPU latency ms (median of {args.latency_runs})", f"{lat[0]:.2f}", f"{lat[1]:.2f}",
                      f"{lat[1] / lat[0]:.1%}"])
-    rows.append(["output shapes", _short(before), _short(after), "same" if before == after else "CHANGED"])
+    same = "same" if shapes[0] == shapes[1] else "CHANGED"
+    rows.append(["output shapes", _short(shapes[0]), _short(shapes[1]), same])
     print(tabulate(rows, headers=["", "original", "pruned", "ratio"], disable_numparse=True))
     if cert is not None:
         print(f"\ncertificate: {cert}")
@@ -76,4 +82,22 @@ def print_tables(args, m, dg, res, t_analyze: float, cfg, counts: tuple, lat, re
     from ..calib import repair_report
     if repair_report(res.model) is not None:
         print("\n" + str(repair_report(res.model)))
-    return before == after
+
+
+def shape_twin(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers are on the meta device: its shapes as they are now,
+    no tensor memory (what the widths table and plot compare a model pruned in place with).
+
+    Example::
+
+        >>> import torch
+        >>> twin = shape_twin(torch.nn.Linear(4, 8))
+        >>> twin.weight.shape, twin.weight.device.type
+        (torch.Size([8, 4]), 'meta')
+    """
+    memo: dict = {}
+    for t in (*model.parameters(), *model.buffers()):
+        if id(t) not in memo:
+            meta = t.detach().to("meta")
+            memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
