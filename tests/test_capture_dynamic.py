@@ -107,3 +107,35 @@ def test_size_computed_from_the_batch_is_rescaled_not_frozen(front_end):
     with torch.no_grad():
         assert (pruned(x3) if front_end == "trace" else pruned(x=x3)).shape == (3, 6, 8)
     exact_at(m, dg, (x3,) if front_end == "trace" else {"x": x3})
+
+
+class BatchBranch(nn.Module):
+    """A forward that branches on the batch size (issue 21, item 6); ``pairs`` makes the other
+    branch fail outright at batch 1, like export's batch != 1 guards."""
+
+    def __init__(self, pairs=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.pairs = pairs
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        if x.shape[0] == 1:
+            return self.fc2(h * 1.5)
+        if self.pairs:
+            h = h.unflatten(0, (-1, 2)).flatten(0, 1)
+        return self.fc2(h)
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_widened_capture_is_checked_on_the_callers_example(pairs):
+    m = BatchBranch(pairs).eval()
+    x = torch.randn(1, 4)
+    small = fxprune.prune(m, (x,), ratio=0.0)
+    assert small.fxprune_certificate.passed
+    with torch.no_grad():
+        assert fxprune.relative_error(m(x), small(x)) < 1e-6  # was 0.05 off, certified exact
+    dg = fxprune.analyze(m, (x,))
+    assert "static shapes" in dg.front_end and "does not reproduce the model" in dg.front_end, dg.front_end
+    assert fxprune.verify(m, (x,)).passed
