@@ -177,3 +177,27 @@ def test_timm_bottleneck_attention_runs_at_other_batch_sizes_after_pruning(timm)
         assert small(torch.randn(b, 3, 6, 6)).shape == (b, 5, 6, 6)
     perm_err, rem_err, _, dg = oracles_at(m, x, [1, 2, 3])
     assert perm_err < 1e-12 and rem_err < 1e-12
+
+
+@pytest.fixture
+def literal_sizes(monkeypatch):
+    """The rewrite as it was before issue 26: a run-time size becomes the example's literal."""
+    import fxprune.passes.rewrite as rewrite
+
+    monkeypatch.setattr(rewrite, "_scaled", lambda before, size, old, new: new)
+
+
+def test_certificate_checks_a_second_batch_size():
+    small = fxprune.prune(HeadsFold().eval(), (torch.randn(1, 5, 24),), ratio=0.5)
+    cert = small.fxprune_certificate
+    assert cert.passed and "also at batch 2" in str(cert), str(cert)
+
+
+def test_a_size_right_only_at_the_examples_batch_is_a_mismatch(literal_sizes):
+    m, x = HeadsFold().eval(), torch.randn(1, 5, 24)
+    with pytest.raises(fxprune.OracleMismatchError, match=r"MISMATCH.*at batch 2 \(rel. error [1-9]"):
+        fxprune.prune(m, (x,), ratio=0.5)
+    cert = fxprune.checks.certify(fxprune.analyze(m, (x,)), raise_on_mismatch=False)
+    assert not cert.passed and "MISMATCH" in str(cert)
+    rep = fxprune.verify(m, (x,), raise_on_mismatch=False)
+    assert not rep.passed and rep.permutation_error > 0.1 and "batch 2" in str(rep), str(rep)
