@@ -25,7 +25,7 @@ from ..capture.modes import on_meta
 from ..errors import MetaDeviceError, OracleMismatchError
 from .compare import relative_error
 from .precision import cast_value, promote_casts
-from .second import second_batch
+from .second import second_sizes
 
 __all__ = ["verify", "VerifyReport"]
 
@@ -139,19 +139,18 @@ def _pruned_error(ref, gm, keep: dict, inputs: tuple, kwargs: dict, oracle: str,
 
 
 def _at_second_batch(gm, zeroed, perm: dict, keep: dict, inputs: tuple, kwargs: dict, failures: list) -> tuple:
-    """Both oracles again at the second batch size (Note [Second size] in checks/second.py):
+    """Both oracles again at the second size (Note [Second size] in checks/second.py):
     (permutation error, removal error, what was checked)."""
-    second = second_batch(inputs, kwargs)
-    if second is None:
-        return 0.0, 0.0, ""
-    batch, args2, kwargs2 = second
-    try:
-        ref, ref_zeroed = runnable(gm)(*args2, **kwargs2), runnable(zeroed)(*args2, **kwargs2)
-    except Exception as e:  # noqa: BLE001 - a graph captured for one batch size: nothing to compare
-        return 0.0, 0.0, f"not checked at batch {batch}: the captured graph does not run there ({type(e).__name__})"
-    perm_err, _ = _pruned_error(ref, gm, perm, args2, kwargs2, f"permutation (batch {batch})", failures)
-    rem_err, _ = _pruned_error(ref_zeroed, zeroed, keep, args2, kwargs2, f"removal (batch {batch})", failures)
-    return perm_err, rem_err, f"both oracles also ran at batch {batch}"
+    sizes = second_sizes(inputs, kwargs)
+    for what, args2, kwargs2 in sizes:
+        try:
+            ref, ref_zeroed = runnable(gm)(*args2, **kwargs2), runnable(zeroed)(*args2, **kwargs2)
+        except Exception:  # noqa: BLE001 - the model fixes this size: try the next
+            continue
+        perm_err, _ = _pruned_error(ref, gm, perm, args2, kwargs2, f"permutation ({what})", failures)
+        rem_err, _ = _pruned_error(ref_zeroed, zeroed, keep, args2, kwargs2, f"removal ({what})", failures)
+        return perm_err, rem_err, f"both oracles also ran at {what}"
+    return 0.0, 0.0, f"not checked at {sizes[-1][0]}: the captured graph does not run there" if sizes else ""
 
 
 def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = None, *, seed: int = 0,
