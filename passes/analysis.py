@@ -94,17 +94,20 @@ class _Analyzer(fx.Interpreter):
             return IV(raw, literal=True)
         return OV(raw)
 
-    def from_output(self, out: Any, reason: str) -> Any:
-        """A value for an op output nothing is known about: every axis pinned."""
+    def from_output(self, out: Any, reason: str, ones: bool = False) -> Any:
+        """A value for an op output nothing is known about: every axis pinned. ``ones`` (graph
+        inputs): a dim of size 1 gets a size-1 axis too, so that a batch of one stays visible
+        (Note [Run-time sizes] in passes/rules/common.py)."""
         if isinstance(out, torch.Tensor):
-            dims = tuple(self.axes.fresh(int(n), pinned=reason, dynamic=True) for n in out.shape)
+            dims = tuple(((self.axes.new(1, pinned=reason, dynamic=True),),) if ones and n == 1 else
+                         self.axes.fresh(int(n), pinned=reason, dynamic=True) for n in out.shape)
             return TV(tuple(int(n) for n in out.shape), dims)
         if isinstance(out, torch.Size):
             return SV(tuple(IV(int(n)) for n in out), is_size=True)
         if isinstance(out, (tuple, list)):
-            return SV(tuple(self.from_output(o, reason) for o in out))
+            return SV(tuple(self.from_output(o, reason, ones) for o in out))
         if isinstance(out, dict):
-            return {k: self.from_output(o, reason) for k, o in out.items()}
+            return {k: self.from_output(o, reason, ones) for k, o in out.items()}
         if isinstance(out, (int, float, bool, torch.SymInt)):
             return IV(out)
         return OV(out)
@@ -187,7 +190,7 @@ class _Analyzer(fx.Interpreter):
             if self.open:
                 self.inputs.append(_open_value(self.axes, out))
                 return self.inputs[-1]
-            return self.from_output(out, f"graph input '{n.name}'")
+            return self.from_output(out, f"graph input '{n.name}'", ones=True)
         if n.op == "get_attr":
             val = self.param_value(n, n.target, out)
             if not n.users:

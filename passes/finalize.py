@@ -61,6 +61,10 @@ def _has_tensor(val: Any) -> bool:
     return isinstance(val, SV) and any(_has_tensor(v) for v in val.items)
 
 
+def _has_dynamic(axes, raw: tuple) -> bool:
+    return any(axes.is_dynamic(a) for a in axes.atoms(raw))
+
+
 def _fold_site(resolve: _Resolver, fold: tuple) -> FoldSite:
     info, path, amap = fold
     return FoldSite(info, path, tuple((b, resolve(((a,),))) for b, a in amap.items()))
@@ -81,7 +85,8 @@ def _node_meta(an, n: fx.Node, resolve: _Resolver) -> ChannelMeta:
         arg_edits=tuple(ArgEdit(p, resolve.all(ls), k, v) for p, ls, k, v in ctx.edits),
         attr_edits=tuple(AttrEdit(name, resolve.all(ls), many) for name, ls, many in ctx.attrs),
         retarget=ctx.retarget,
-        size_read=None if ctx.size_read is None else SizeRead(resolve(ctx.size_read), val.value),
+        size_read=None if ctx.size_read is None else SizeRead(resolve(ctx.size_read), val.value,
+                                                              _has_dynamic(an.axes, ctx.size_read)),
         fold=None if ctx.fold is None else _fold_site(resolve, ctx.fold),
         **common,
     )

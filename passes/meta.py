@@ -110,10 +110,13 @@ class AttrEdit:
 
 @dataclass(frozen=True, slots=True)
 class SizeRead:
-    """A size read at run time (``x.shape[1]``): the dimension and its original value."""
+    """A size read at run time (``x.shape[1]``): the dimension and its original value; ``dynamic``
+    where the dimension also holds run-time axes (batch x heads: Note [Run-time sizes] in
+    passes/rules/common.py), so its original value is rescaled at run time, not frozen."""
 
     layout: Layout
     value: int
+    dynamic: bool = False
 
 
 @dataclass(frozen=True)

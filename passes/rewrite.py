@@ -21,6 +21,8 @@ never modified: the result is a deep copy whose tensors are the pruned ones.
 from __future__ import annotations
 
 import copy
+import math
+import operator
 from operator import attrgetter
 from typing import Any, Mapping
 
@@ -96,8 +98,27 @@ def _apply_edit(node: fx.Node, edit: ArgEdit, keep: dict) -> None:
     where, key, rest = edit.path[0], edit.path[1], edit.path[2:]
     container = args if where == "args" else kwargs
     old = container.get(key) if isinstance(container, dict) else container[key]
-    container[key] = _set_in(old, rest, lambda old: _edit_value(edit, old, keep))
+
+    def value(old: Any) -> Any:
+        if edit.kind == "size" and isinstance(old, fx.Node):  # computed at run time: scale it
+            layout = edit.layouts[0]
+            return _scaled(node, old, layout.size, layout.new_size(keep))
+        return _edit_value(edit, old, keep)
+
+    container[key] = _set_in(old, rest, value)
     node.args, node.kwargs = tuple(args), kwargs
+
+
+def _scaled(before: fx.Node, size: fx.Node, old: int, new: int) -> Any:
+    """``size // a * b`` with a/b = old/new in lowest terms, inserted before ``before``: a size
+    computed at run time keeps its run-time factors (Note [Run-time sizes] in passes/rules/common.py)."""
+    g = math.gcd(old, new)
+    a, b = old // g, new // g
+    if a == b:
+        return size
+    with before.graph.inserting_before(before):
+        out = before.graph.call_function(operator.floordiv, (size, a)) if a != 1 else size
+        return before.graph.call_function(operator.mul, (out, b)) if b != 1 else out
 
 
 def _rewrite_node(new: fx.GraphModule, node: fx.Node, meta, keep: dict) -> None:
@@ -113,13 +134,28 @@ def _rewrite_node(new: fx.GraphModule, node: fx.Node, meta, keep: dict) -> None:
             owner = module.get_submodule(owner) if owner else module
             sizes = [layout.new_size(keep) for layout in edit.layouts]
             setattr(owner, attr, type(getattr(owner, attr))(sizes) if edit.many else sizes[0])
-    if meta.size_read is not None and meta.size_read.layout.touches(keep):
-        _freeze(node, meta.size_read.value)
+    read = meta.size_read
+    if read is not None and read.layout.touches(keep):
+        _freeze(node, _original_size(node, read, keep))
 
 
-def _freeze(node: fx.Node, original: int) -> None:
-    """Replace a run-time size read of a pruned dimension by its original value."""
+def _original_size(node: fx.Node, read, keep: dict) -> Any:
+    """What a size read of a pruned dimension read in the original: its value where the dimension
+    is static, ``read // b * a`` where it also holds run-time axes (Note [Run-time sizes])."""
+    if not read.dynamic:
+        return read.value
+    return _scaled(node.next, node, read.layout.new_size(keep), read.layout.size)
+
+
+def _freeze(node: fx.Node, original: Any) -> None:
+    """Replace a run-time size read of a pruned dimension by its original value (or expression)."""
+    made, walk = set(), original
+    while isinstance(walk, fx.Node) and walk is not node:  # the expression's own nodes read ``node``
+        made.add(walk)
+        walk = walk.args[0]
     for user in list(node.users):
+        if user in made:
+            continue
         user.args = map_aggregate(user.args, lambda a: original if a is node else a)
         user.kwargs = map_aggregate(user.kwargs, lambda a: original if a is node else a)
 

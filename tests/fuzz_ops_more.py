@@ -95,6 +95,44 @@ def _mha(s, x):
     return s.m(x, x, x, attn_mask=mask, key_padding_mask=pad, need_weights=p["weights"])[0]
 
 
+# -- batch x heads and spatial x channels folded into one dim (issue 26) -------------------------
+def _draw_heads_fold(draw, metas):
+    return dict(heads=draw(st.sampled_from([1, 2, 3, 4])), d=draw(st.sampled_from([1, 2, 3])),
+                read=draw(st.sampled_from(["shape", "size"])), how=draw(st.sampled_from(["reshape", "view"])),
+                cout=_width(draw))
+
+
+def _init_heads_fold(s, metas, p):
+    c, hd = channels(metas[0]), p["heads"] * p["d"]
+    s.q, s.k, s.v, s.o = nn.Linear(c, hd), nn.Linear(c, hd), nn.Linear(c, hd), nn.Linear(hd, p["cout"])
+
+
+def _heads_fold(s, x):
+    """``q.reshape(B * heads, T, d)``: the batch read at run time times the (pruned) heads."""
+    p = s.p
+    b, t = (x.shape[0], x.shape[1]) if p["read"] == "shape" else (x.size(0), x.size(1))
+
+    def fold(y):
+        y = y.view(b, t, p["heads"], -1).transpose(1, 2)
+        return y.reshape(b * p["heads"], t, -1) if p["how"] == "reshape" else y.contiguous().view(b * p["heads"], t, -1)
+
+    q, k, v = fold(s.q(x)), fold(s.k(x)), fold(s.v(x))
+    o = torch.bmm(torch.bmm(q, k.transpose(1, 2)).softmax(-1), v)
+    return s.o(o.view(b, p["heads"], t, -1).transpose(1, 2).reshape(b, t, -1))
+
+
+def _draw_pixel_fold(draw, metas):
+    return dict(form=draw(st.sampled_from(["pixels", "rows"])), read=draw(st.sampled_from(["shape", "size"])))
+
+
+def _pixel_fold(s, x):
+    """``x.reshape(B * C, H * W)`` or ``x.reshape(B, C * H, W)``: channels folded with spatial dims."""
+    b, c, h, w = x.shape if s.p["read"] == "shape" else (x.size(0), x.size(1), x.size(2), x.size(3))
+    if s.p["form"] == "pixels":
+        return x.reshape(b * c, h * w).softmax(-1).reshape(b, c, h, w)
+    return x.reshape(b, c * h, w).softmax(-1).view(b, c, h, w)
+
+
 # -- index ops ------------------------------------------------------------------------------------
 def _draw_index(draw, metas):
     c = channels(metas[0])
@@ -265,6 +303,8 @@ MORE = [
     op("resize", ("img",), _draw_resize, _resize),
     op("attention", ("seq",), _draw_attention, _attention, _init_attention),
     op("mha", ("seq",), _draw_mha, _mha, _init_mha),
+    op("heads_fold", ("seq",), _draw_heads_fold, _heads_fold, _init_heads_fold),
+    op("pixel_fold", ("img",), _draw_pixel_fold, _pixel_fold),
     op("index", ("img", "seq", "vec"), _draw_index, _index, _init_index),
     op("posemb", ("seq",), _draw_posemb, _posemb, _init_posemb),
     op("pool", ("img",), _draw_pool, _pool),

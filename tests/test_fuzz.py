@@ -31,6 +31,19 @@ def test_random_pruned_models_run_at_another_batch_size(spec):
     assert check_other_batch(spec)
 
 
+FOLDS = ("heads_fold", "pixel_fold")
+
+
+@settings(_FAST, max_examples=12)
+@given(models(max_steps=4).filter(lambda s: any(step[0] in FOLDS for step in s.steps)))
+def test_random_batch_times_channel_folds(spec):
+    """Batch x heads and spatial x channels folded into one dim (issue 26): exact under both
+    oracles (which also run at a second batch size), and the pruned model analysed at a batch
+    of one runs at batch two."""
+    assert check(spec).passed
+    assert check_other_batch(spec, batch=1)
+
+
 def test_generated_models_run_and_cover_every_op_family():
     seen: set = set()
 

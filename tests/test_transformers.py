@@ -391,8 +391,10 @@ def test_deberta_failed_inplace_restores_bit_for_bit():
     dg = fxprune.analyze(m, (), inputs(1, 7))
     assert any("lifted_tensor" in t for t, _ in dg.result.gm.named_buffers()) or "lifted_tensor" in dg.gm.code
     ref = copy.deepcopy(m)
-    with pytest.raises(InPlaceMismatchError, match="outputs differ"):
-        fxprune.apply(dg, third_keep(dg), inplace=True)  # head dims too: the forward scales by the pruned one
+    # head dims too: the forward scales by the pruned one; since the heads are prunable at batch 1
+    # (Note [Run-time sizes]), the forward's own view(B, T, heads, -1) also fails
+    with pytest.raises(InPlaceMismatchError, match="outputs differ|the eager forward fails"):
+        fxprune.apply(dg, third_keep(dg), inplace=True)
     assert_identical(m, ref)
     mlp = group_with(dg, "encoder.layer.0.intermediate.dense.weight", 0, 48)
     assert fxprune.apply(dg, {mlp: list(range(0, 48, 2))}, inplace=True) is m

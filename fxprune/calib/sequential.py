@@ -31,7 +31,7 @@ from typing import Iterable
 import torch
 import torch.fx as fx
 
-from fxprune.passes import runnable
+from fxprune.passes import keys, runnable
 
 from . import adapter
 from .collect import _check_data, _flat_inputs, batch_inputs
@@ -199,5 +199,5 @@ def sequential_repair(dg, keep: dict, pruned: fx.GraphModule, data: Iterable, me
         _write_graph(pruned, [edit])
         edits.append(edit)
     fix = RepairPlan(edits, report)
-    pruned.meta["fxprune_repair"] = report
+    pruned.meta[keys.REPAIR] = report
     return fix

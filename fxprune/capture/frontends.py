@@ -220,6 +220,10 @@ def _from_graph_module(gm: fx.GraphModule, inputs: tuple) -> Captured:
 # axis, so a size read that mixes batch and heads (DeBERTa's ``q.size(0) // heads``)
 # would look static and the heads prunable. Which dims came out dynamic is read back from
 # the exported program and stated in the report; if none did, the capture is static.
+# A widened capture is then run on the caller's own example against the model (as a trace
+# is, Note [Checked trace]): a forward that branches on the batch size (``if x.shape[0] ==
+# 1``) was recorded on the other branch, and export can add a guard that refuses a batch of
+# one; either way the capture falls back to a static one at the caller's sizes.
 
 _CAPTURE_SIZE = 2  # what a size-1 batch or sequence dim becomes for the capture
 
@@ -306,6 +310,8 @@ def _export(model: nn.Module, args: tuple, kwargs: dict) -> Captured:
                                  dynamic_shapes=_auto_dynamic(target, big_args, big_kwargs))
         if not _dynamic_summary(ep):  # nothing stayed dynamic: analyse at the caller's sizes
             raise ValueError("export specialized every marked dim")
+        if big_args is not args or big_kwargs is not kwargs:  # widened: check the caller's example
+            _refuse_other_function(target, ep, args, kwargs)
         how = f"torch.export (non-strict, dynamic shapes: {_dynamic_summary(ep)}; other dims static)"
     except Exception as e:
         try:
@@ -321,6 +327,16 @@ def _export(model: nn.Module, args: tuple, kwargs: dict) -> Captured:
     cap = _from_exported(ep, big_args, big_kwargs, how)
     cap.gm.meta[keys.CAPTURE_KWARGS] = {"use_cache": False} if note else {}
     return cap
+
+
+def _refuse_other_function(model: nn.Module, ep, args: tuple, kwargs: dict) -> None:
+    """A capture made on a widened example (Note [Dynamic dims]) must run the caller's own example
+    and compute what the model computes there: a forward that branches on the batch size
+    (``if x.shape[0] == 1``) is recorded on the other branch, and export may add a guard that
+    refuses a batch of one. Raises ValueError (the caller then captures statically) if not."""
+    problem = _trace_mismatch(model, _from_exported(ep, args, kwargs).gm, args, kwargs)
+    if problem is not None:
+        raise ValueError(f"the capture at batch {_CAPTURE_SIZE} does not reproduce the model on the example: {problem}")
 
 
 def _from_exported(ep, args: tuple, kwargs: dict, how: str = "ExportedProgram") -> Captured:
@@ -432,17 +448,18 @@ def _refuse_bad_inputs(model: nn.Module, inputs: tuple, kwargs: dict) -> None:
         raise _bad_inputs(model, inputs, kwargs, e) from e
 
 
-def _trace_mismatch(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> Optional[str]:
+def _trace_mismatch(model: nn.Module, gm: fx.GraphModule, inputs: tuple,
+                    kwargs: Optional[dict] = None) -> Optional[str]:
     """Why ``gm`` does not reproduce ``model`` on ``inputs`` (None if it does)."""
-    meta = on_meta(model, inputs)
+    meta = on_meta(model, (inputs, kwargs))
     try:
-        ref = plain_outputs(_run_seeded(model, inputs))
+        ref = plain_outputs(_run_seeded(model, inputs, kwargs))
     except Exception as e:
         if meta:  # data-dependent Python cannot run on meta tensors: the analysis decides
             return None
-        raise _bad_inputs(model, inputs, {}, e) from e
+        raise _bad_inputs(model, inputs, dict(kwargs or {}), e) from e
     try:
-        out = plain_outputs(_run_seeded(gm, inputs))
+        out = plain_outputs(_run_seeded(gm, inputs, kwargs))
     except Exception as e:
         return f"the traced graph fails on them ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
     if meta:

@@ -25,6 +25,7 @@ from ..capture.modes import on_meta
 from ..errors import MetaDeviceError, OracleMismatchError
 from .compare import relative_error
 from .precision import cast_value, promote_casts
+from .second import second_sizes
 
 __all__ = ["verify", "VerifyReport"]
 
@@ -43,6 +44,7 @@ class VerifyReport:
     removal_fraction: float = 0.0  # share of the parameters the removal oracle's pruned model lost
     failures: list = field(default_factory=list)  # pruned models that failed to run, and why
     blocks: tuple = ()  # whole blocks both oracles also removed (depth): against the model with them silenced
+    second: str = ""  # what was checked at the second batch size (Note [Second size])
 
     @property
     def passed(self) -> bool:
@@ -62,7 +64,7 @@ class VerifyReport:
             text += f"\nremoval oracle skipped {len(self.skipped)} groups mixed by normalization/reduction"
         for failure in self.failures:
             text += f"\n{failure}"
-        return text
+        return text + (f"\n{self.second}" if self.second else "")
 
 
 @torch.no_grad()
@@ -151,6 +153,25 @@ def _depth_blocks(dg, depth, seed: int) -> list:
     return select_blocks(dg, depth, score_blocks(dg, "random", seed=seed))
 
 
+def _at_second_batch(gm, zeroed, perm: dict, keep: dict, inputs: tuple, kwargs: dict, failures: list,
+                     branches: tuple = ()) -> tuple:
+    """Both oracles again at the second size (Note [Second size] in checks/second.py):
+    (permutation error, removal error, what was checked)."""
+    def run(g):
+        return silence_branches(runnable(g), branches) if branches else runnable(g)
+
+    sizes = second_sizes(inputs, kwargs)
+    for what, args2, kwargs2 in sizes:
+        try:
+            ref, ref_zeroed = run(gm)(*args2, **kwargs2), run(zeroed)(*args2, **kwargs2)
+        except Exception:  # noqa: BLE001 - the model fixes this size: try the next
+            continue
+        perm_err, _ = _pruned_error(ref, gm, perm, args2, kwargs2, f"permutation ({what})", failures, branches)
+        rem_err, _ = _pruned_error(ref_zeroed, zeroed, keep, args2, kwargs2, f"removal ({what})", failures, branches)
+        return perm_err, rem_err, f"both oracles also ran at {what}"
+    return 0.0, 0.0, f"not checked at {sizes[-1][0]}: the captured graph does not run there" if sizes else ""
+
+
 def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = None, *, seed: int = 0,
            removal: float = 1 / 3, rtol: float = 1e-9, leaf_modules: Iterable = (),
            raise_on_mismatch: bool = True, fold: bool = False, depth=None) -> VerifyReport:
@@ -207,10 +228,12 @@ def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = No
         rem_ref = silence_branches(runnable(zeroed), branches) if branches else runnable(zeroed)
         rem_err, removed = _pruned_error(rem_ref(*inputs, **kwargs), zeroed, keep, inputs, kwargs,
                                          "removal", failures, branches)
+        second = _at_second_batch(dg.gm, zeroed, perm, keep, inputs, kwargs, failures, branches)
+        perm_err, rem_err = max(perm_err, second[0]), max(rem_err, second[1])
     share = 0.0 if removed is None else 1.0 - _numel(removed) / max(1, _numel(dg.gm))
     report = VerifyReport(len(dg.groups), sum(g.size for g in dg.groups), perm_err, len(safe), rem_err,
                           [(g.name, g.mixing) for g in dg.groups if g.mixing is not None], rtol, share, failures,
-                          tuple(b.name for b in blocks))
+                          blocks=tuple(b.name for b in blocks), second=second[2])
     if raise_on_mismatch and not report.passed:
         raise OracleMismatchError(f"pruned {type(model).__name__} does not compute what the original "
                                   f"computes; a rule misses a coupling:\n{report}")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ..axes import UNIT
 from ..context import SV, TV, RuleContext, RuleError
 from ..registry import method, register
+from .common import hidden_one
 
 __all__ = ["matmul", "einsum", "addmm", "sdpa", "multihead_attention", "contract_pair", "broadcast_dims"]
 
@@ -33,7 +34,8 @@ def broadcast_dims(ctx: RuleContext, parts: list, n: int) -> list:
         layouts = [dims[j] for shape, dims in parts if (j := len(shape) - n + i) >= 0 and shape[j] != 1]
         for other in layouts[1:]:
             ctx.unify(layouts[0], other)
-        out.append(layouts[0] if layouts else UNIT)
+        out.append(layouts[0] if layouts else
+                   hidden_one([dims[j] for shape, dims in parts if (j := len(shape) - n + i) >= 0]))
     return out
 
 

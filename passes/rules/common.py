@@ -6,7 +6,8 @@ from typing import Sequence
 from ..axes import UNIT
 from ..context import IV, SV, TV, RuleContext, RuleError
 
-__all__ = ["broadcast", "passthrough", "tensors_in", "dims_arg", "pin_mixed_dynamic", "pin_moving_bounds", "size_arg_edit"]
+__all__ = ["broadcast", "passthrough", "tensors_in", "dims_arg", "pin_mixed_dynamic", "pin_moving_bounds", "size_arg_edit",
+           "runtime_size", "hidden_one"]
 
 
 def tensors_in(ctx: RuleContext) -> list:
@@ -28,7 +29,8 @@ def broadcast(ctx: RuleContext, tvs: Sequence[TV]) -> TV:
     for i in range(nd):
         layouts = [tv.dims[j] for tv in tvs if (j := i - (nd - tv.ndim)) >= 0 and tv.shape[j] != 1]
         if not layouts:
-            dims.append(ctx.axes.fresh(shape[i]) if shape[i] != 1 else UNIT)
+            dims.append(ctx.axes.fresh(shape[i]) if shape[i] != 1 else hidden_one(
+                [tv.dims[j] for tv in tvs if (j := i - (nd - tv.ndim)) >= 0]))
             continue
         for other in layouts[1:]:
             ctx.unify(layouts[0], other)
@@ -83,6 +85,49 @@ def pin_mixed_dynamic(ctx: RuleContext, layout) -> None:
     ctx.analyzer.deferred.append(check)
 
 
+# Note [Run-time sizes]
+# ~~~~~~~~~~~~~~~~~~~~~
+# A dimension can mix run-time axes (batch, sequence, spatial: *dynamic*) with prunable ones
+# (heads, channels): ``q.reshape(B * heads, d, -1)``. Its size at run time is D x S, D the
+# product of the dynamic axes at that run, S the product of the static ones. Pruning changes
+# S_old to S_new and leaves D alone, so
+#
+# * a size argument computed at run time (``B * heads``, ``x.size(0)``) is rewritten to
+#   ``arg // a * b`` with a/b = S_old/S_new in lowest terms: it stays an expression of the
+#   run-time dims, with the pruned factor rewritten (B*4 -> B*4 // 4 * 3);
+# * a size read of such a dimension is replaced by its original value ``read // b * a``
+#   (a read of a static dimension is frozen at its original value, as before).
+#
+# Both need the dimension to be one product (D x S). Where it is a concatenation that holds a
+# dynamic axis, nobody can say how its size splits: its static axes are pinned, and the report
+# says so. A batch of one has no axis in the layout algebra (size-1 dims carry none), so graph
+# inputs give their size-1 dims a size-1 dynamic axis, which reshapes and broadcasts carry
+# along (``hidden_one``): ``reshape(B * heads, ...)`` at batch 1 is then still batch x heads.
+
+def hidden_one(layouts) -> tuple:
+    """The size-1 layout to give a size-1 output dim: a run-time axis of size 1 carried by
+    one of ``layouts`` (a batch of one, Note [Run-time sizes]), else UNIT."""
+    return next((lay for lay in layouts if lay != UNIT and len(lay) == 1), UNIT)
+
+
+def runtime_size(ctx: RuleContext, layout) -> None:
+    """A size at run time of ``layout`` (read, or computed into a size argument): the rewrite
+    scales it (Note [Run-time sizes]) where the dimension is one product; where it is a sum
+    holding a dynamic axis, its static axes are pinned. Checked again once every axis is
+    unified (a dimension still fresh here may turn out to be batch times heads)."""
+    def check() -> None:
+        axes = ctx.axes
+        atoms = axes.atoms(layout)
+        if len(layout) > 1 and any(axes.is_dynamic(a) for a in atoms):
+            static = [a for a in atoms if not axes.is_dynamic(a)]
+            if static:
+                ctx.pin(tuple((a,) for a in static), f"run-time size of a concatenation that mixes prunable and "
+                                                     f"dynamic axes at {ctx.where}: cannot say how it decomposes")
+
+    check()
+    ctx.analyzer.deferred.append(check)
+
+
 def pin_moving_bounds(ctx: RuleContext, layout, bounds) -> None:
     """Slice bounds computed at run time from a dynamic size (``cos[:seq_len]``) move with it:
     the pieces they cut are not fixed coordinates, so the whole sliced dimension is pinned.
@@ -103,5 +148,5 @@ def size_arg_edit(ctx: RuleContext, path: tuple, raw, layout) -> None:
     if isinstance(val, IV) and val.literal and val.value == -1:
         return
     if isinstance(val, IV) and not val.literal:
-        pin_mixed_dynamic(ctx, layout)
+        runtime_size(ctx, layout)
     ctx.edit(path, layout)

@@ -7,7 +7,7 @@ import torch
 
 from ..context import IV, OV, SV, TV, RuleContext, RuleError
 from ..registry import method, register
-from .common import pin_mixed_dynamic, pin_moving_bounds
+from .common import pin_mixed_dynamic, pin_moving_bounds, runtime_size
 from .segments import pieces as _pieces
 
 __all__ = ["cat", "stack", "split", "unbind", "narrow", "select", "getitem"]
@@ -176,7 +176,7 @@ def _seq_getitem(ctx: RuleContext, seq: SV):
     item = seq.items[idx]
     if isinstance(item, IV) and item.read is not None:
         ctx.size_read = item.read
-        pin_mixed_dynamic(ctx, item.read)
+        runtime_size(ctx, item.read)
         return IV(item.value, item.read)
     return item
 

@@ -7,7 +7,7 @@ import torch.nn as nn
 from ..axes import UNIT
 from ..context import IV, SV, TV, RuleContext, RuleError
 from ..registry import method, register
-from .common import size_arg_edit
+from .common import hidden_one, size_arg_edit
 
 __all__ = ["reshape_layouts", "view", "view_as", "flatten", "permute", "transpose", "expand", "repeat"]
 
@@ -18,17 +18,23 @@ def reshape_layouts(ctx: RuleContext, x: TV, out_shape: tuple) -> list:
     Input and output dims are matched in minimal blocks of equal product.
     A block of one output dim takes the row-major product of its input
     layouts; a block of several output dims refines that product into fresh
-    axes, one per output dim.
+    axes, one per output dim. A size-1 input dim with a run-time axis (a batch
+    of one, Note [Run-time sizes] in rules/common.py) goes to the next size-1
+    output dim, or else is the outer factor of the next block's first dim.
     """
     axes, ins = ctx.axes, x.shape
     if 0 in ins or 0 in out_shape:
         raise RuleError("reshape of an empty tensor")
     out: list = [UNIT] * len(out_shape)
+    hidden: list = []
     i = j = 0
     while True:
         while i < len(ins) and ins[i] == 1:
+            hidden += [x.dims[i]] if hidden_one([x.dims[i]]) != UNIT else []
             i += 1
         while j < len(out_shape) and out_shape[j] == 1:
+            if hidden:
+                out[j], hidden = hidden[0], hidden[1:]
             j += 1
         if i == len(ins) or j == len(out_shape):
             break
@@ -43,12 +49,14 @@ def reshape_layouts(ctx: RuleContext, x: TV, out_shape: tuple) -> list:
                 bj.append(j - 1)
         block = axes.product(*(x.dims[k] for k in bi))
         if len(bj) == 1:
-            out[bj[0]] = block
+            out[bj[0]] = axes.product(*hidden, block)
+            hidden = []
             continue
         pieces = [axes.fresh(out_shape[k]) for k in bj]
         ctx.unify(block, axes.product(*pieces))
         for k, piece in zip(bj, pieces):
             out[k] = piece
+        out[bj[0]], hidden = axes.product(*hidden, pieces[0]), []
     return out
 
 

@@ -14,14 +14,14 @@ import torch
 
 from ..context import IV, OV, SV, TV, RuleContext, RuleError
 from ..registry import method, register
-from .common import pin_mixed_dynamic
+from .common import runtime_size
 
 __all__ = ["size", "tensor_getattr", "length", "numel"]
 
 
 def _read(ctx: RuleContext, x: TV, d: int) -> IV:
     ctx.size_read = x.dims[d]
-    pin_mixed_dynamic(ctx, x.dims[d])
+    runtime_size(ctx, x.dims[d])
     return IV(x.shape[d], x.dims[d])
 
 
@@ -84,7 +84,7 @@ def numel(ctx: RuleContext) -> IV:
     x = ctx.tensor(0, "input")
     layout = ctx.axes.product(*x.dims)
     ctx.size_read = layout
-    pin_mixed_dynamic(ctx, layout)
+    runtime_size(ctx, layout)
     return IV(ctx.out, layout)
 
 
