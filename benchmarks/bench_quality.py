@@ -43,7 +43,7 @@ import_torchvision()  # transformers imports torchvision: the nms schema shim fi
 import fxprune  # noqa: E402
 from fxprune.calib import calibrate, repair  # noqa: E402
 from fxprune.calib import adapter  # noqa: E402
-from fxprune.calib.objective import split_by_objective  # noqa: E402
+from fxprune.policy.objective import split_by_objective  # noqa: E402
 from fxprune.calib.sequential import sequential_repair  # noqa: E402
 from fxprune.policy.expressible import expressible  # noqa: E402
 from fxprune.policy.selection import _top, group_ratios  # noqa: E402

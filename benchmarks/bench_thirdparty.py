@@ -46,7 +46,7 @@ def _line(e: BaseException, n: int = 110) -> str:
 
 def _fxprune(model, args, kwargs) -> dict:
     import fxprune
-    from fxprune.checks.compare import plain_outputs
+    from fxprune.compare import plain_outputs
     params = sum(p.numel() for p in model.parameters())
     t = time.perf_counter()
     dg = fxprune.analyze(model, args, kwargs)

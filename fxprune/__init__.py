@@ -13,7 +13,8 @@ from .errors import (CaptureError, ExampleInputError, FxPruneError, GroupMismatc
                      MetaDeviceError, OracleMismatchError, SaveError, TrainModeError)
 from .graph import DependencyGraph, Group
 from .io import load, save
-from .checks import Certificate, VerifyReport, certify, relative_error, verify
+from .checks import Certificate, VerifyReport, certify, relative_error
+from .verify import verify
 from .calib import OBS, Fluctuation, RepairReport, Wanda, calibrate, repair, repair_report
 from .policy.counting import Count, compare, count, count_macs, count_params, group_table, latency
 from .policy.importance import (BNScale, Criterion, Elementwise, FPGM, Hessian, Magnitude, Random, Taylor, get_importance,
@@ -24,6 +25,7 @@ from .policy.selection import factor_roles, ignored_groups
 from .policy.sparsity import GroupSparsity
 from .policy.stats import collect_stats
 from .tools.torch_compile import backend
+from .hf import inplace as _hf_inplace  # noqa: F401 - registers the HF in-place steps (Note [In-place steps])
 
 __version__ = "0.1.0"
 

@@ -219,7 +219,7 @@ def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False, check: b
         return pruned
     sizes = {dg.groups[i].size for i, g in enumerate(dg.groups) if g.atom in atoms and len(atoms[g.atom]) < g.size}
     if branches:
-        from .hf.depth import apply_inplace_depth
+        from .checks.layers import apply_inplace_depth
 
         depth_graph = remove_branches(pruned, branches)
         model = apply_inplace_depth(dg, pruned, depth_graph, list(blocks),

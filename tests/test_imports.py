@@ -11,17 +11,9 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# Edges of cycles through checks/ that are left until the parallel work on checks/ is merged
-# (issue 24). Each one closes a cycle today; the test fails once it no longer does, so the set
-# shrinks with the fix. The lead empties it after the merge:
-KNOWN_EDGES = {
-    # checks <-> api: verify (checks) calls analyze; api imports the certificate and the in-place check.
-    ("fxprune.checks.oracles", "fxprune.api"),
-    # checks <-> hf: the in-place check imports the HF config step; hf.load imports attr_sync.
-    ("fxprune.checks.inplace", "fxprune.hf.inplace"),
-    # capture <-> checks: the capture's checked trace compares outputs; checks read capture.modes.
-    ("fxprune.capture.frontends", "fxprune.checks.compare"),
-}
+# Edges allowed to close a cycle: none. (The test still checks each listed edge closes a cycle, so
+# an entry can never outlive its reason.)
+KNOWN_EDGES: set = set()
 
 
 def _modules() -> dict:

@@ -1,5 +1,5 @@
 """NaN and inf never make a check vacuous (issue 21, item 7; Note [NaN and inf] in
-fxprune/checks/compare.py): positions of non-finite values are compared exactly, finite
+fxprune/compare.py): positions of non-finite values are compared exactly, finite
 values by relative error, in every check (oracles, certificate, verify, in-place)."""
 import math
 

@@ -157,7 +157,7 @@ def test_split_by_objective_matches_the_share_and_beats_the_mlp_only_split():
     """split='objective' removes the ratio's share of the candidate parameters (within 0.5%) and its
     calibration objective is no worse than removing MLP channels alone at the same share."""
     from fxprune.calib import calibrate
-    from fxprune.calib.objective import objective
+    from fxprune.policy.objective import objective
     from fxprune.policy.budget import _meter
 
     torch.set_num_threads(1)

@@ -20,7 +20,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from fxprune.passes import keys
 from fxprune.passes.rewrite import plant
 
-from ..checks.compare import plain_outputs, relative_error
+from ..compare import plain_outputs, relative_error
 from ..errors import CaptureError, ExampleInputError
 from .modes import EXPORT_FROZEN, eval_copy, mode_difference, on_meta, reads_training, train_refusal
 

@@ -18,7 +18,7 @@ outputs (relative errors of 0.1 to 1); float64 rounding is ~1e-16.
 * Models on the meta device carry no values: the certificate says it was skipped.
 * The oracle runs again at a second batch size (Note [Second size] in checks/second.py): a
   size rewritten right at the example's batch only is a mismatch, never exact.
-* Every output is compared by :func:`~fxprune.checks.compare.relative_error`: NaN and inf by
+* Every output is compared by :func:`~fxprune.compare.relative_error`: NaN and inf by
   position, finite values by error (Note [NaN and inf]).
 * The capture computes what the user's model computes on the user's own example: a symbolic
   trace is checked against it (Note [Checked trace]), a capture widened to batch 2 for
@@ -44,7 +44,7 @@ from fxprune.passes import fold_registry, keys, rewrite_graph, runnable
 from ..capture.modes import on_meta
 from ..errors import OracleMismatchError
 from .precision import cast_value, promote_casts
-from .compare import plain_outputs, relative_error
+from ..compare import plain_outputs, relative_error
 from .second import second_sizes
 
 __all__ = ["Certificate", "certify", "attach", "CERTIFICATE_KEY", "FLOAT32_RTOL", "FLOAT64_RTOL"]

@@ -24,7 +24,6 @@ change; an optimizer built before still holds state of the old sizes.
 """
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from operator import attrgetter
 from typing import Callable, Optional
@@ -38,7 +37,7 @@ from fxprune.passes import get_channel_meta, keys
 
 from ..errors import FxPruneError
 from .attr_sync import GraphArgs, SyncPlan, apply_sync, plan_sync
-from .compare import plain_outputs, relative_error
+from ..compare import plain_outputs, relative_error
 
 __all__ = ["apply_inplace", "trial_inplace", "InPlaceMismatchError"]
 
@@ -213,13 +212,24 @@ def _explain(model: nn.Module, problem: str, unsynced: list, constants: list, hi
     return "\n".join(lines)
 
 
-def default_steps(model: nn.Module) -> tuple:
-    """The steps in-place pruning of ``model`` runs after syncing attributes: the config of an HF model."""
-    if "transformers" not in sys.modules:
-        return ()
-    from ..hf.inplace import ConfigStep, is_hf_model
+# Note [In-place steps]
+# ~~~~~~~~~~~~~~~~~~~~~
+# Some models carry state the graph does not show: an HF model's config must describe its new
+# widths, and a model whose layers go away must renumber them. The room that knows such a
+# model registers a step here (``register_step``); the in-place check runs every step whose
+# predicate accepts the model. ``fxprune.hf.inplace`` registers the HF config step when
+# ``fxprune`` is imported, so this room never imports the HF one above it.
+_STEPS: list = []  # (predicate, factory): factory(model) -> a step with .check(run, compare) (and .sync/...)
 
-    return (ConfigStep(model),) if is_hf_model(model) else ()
+
+def register_step(predicate: Callable, factory: Callable) -> None:
+    """Run ``factory(model)``'s step in every in-place pruning of a model that ``predicate`` accepts."""
+    _STEPS.append((predicate, factory))
+
+
+def default_steps(model: nn.Module) -> tuple:
+    """The steps in-place pruning of ``model`` runs after syncing attributes (Note [In-place steps])."""
+    return tuple(factory(model) for predicate, factory in _STEPS if predicate(model))
 
 
 def apply_inplace(model: nn.Module, dg, pruned: fx.GraphModule, pruned_sizes: set = frozenset(),

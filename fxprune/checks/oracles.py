@@ -12,22 +12,19 @@ import contextlib
 import math
 import copy
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
 
 import torch
 import torch.nn as nn
 from tabulate import tabulate
-from torch.utils._pytree import tree_map
 
-from fxprune.passes import fold_registry, get_channel_meta, remove_branches, rewrite_graph, runnable, silence_branches
+from fxprune.passes import get_channel_meta, remove_branches, rewrite_graph, runnable, silence_branches
 
 from ..capture.modes import on_meta
 from ..errors import MetaDeviceError, OracleMismatchError
-from .compare import relative_error
-from .precision import cast_value, promote_casts
+from ..compare import relative_error
 from .second import second_sizes
 
-__all__ = ["verify", "VerifyReport"]
+__all__ = ["run_oracles", "VerifyReport"]
 
 
 @dataclass
@@ -144,15 +141,6 @@ def _pruned_error(ref, gm, keep: dict, inputs: tuple, kwargs: dict, oracle: str,
     return relative_error(ref, out), pruned
 
 
-def _depth_blocks(dg, depth, seed: int) -> list:
-    """The blocks the oracles remove: ``depth`` chosen at random (seeded) unless names are given."""
-    if depth is None:
-        return []
-    from ..policy.depth import score_blocks, select_blocks  # the checks sit below the policy: no import circle
-
-    return select_blocks(dg, depth, score_blocks(dg, "random", seed=seed))
-
-
 def _at_second_batch(gm, zeroed, perm: dict, keep: dict, inputs: tuple, kwargs: dict, failures: list,
                      branches: tuple = ()) -> tuple:
     """Both oracles again at the second size (Note [Second size] in checks/second.py):
@@ -172,49 +160,12 @@ def _at_second_batch(gm, zeroed, perm: dict, keep: dict, inputs: tuple, kwargs: 
     return 0.0, 0.0, f"not checked at {sizes[-1][0]}: the captured graph does not run there" if sizes else ""
 
 
-def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = None, *, seed: int = 0,
-           removal: float = 1 / 3, rtol: float = 1e-9, leaf_modules: Iterable = (),
-           raise_on_mismatch: bool = True, fold: bool = False, depth=None) -> VerifyReport:
-    """Run the permutation and removal oracles on a float64 copy of ``model`` (in eval mode).
-
-    Args:
-        model: the model to check (not modified).
-        example_inputs: tuple of positional inputs.
-        seed: seeds the random permutations and removals.
-        removal: fraction of each group the removal oracle removes.
-        rtol: largest relative error accepted (float64 rounding is ~1e-15).
-        fold: analyse with repeated blocks folded (see :func:`fxprune.analyze`).
-        depth: also remove whole blocks in both oracles (a fraction of the removable blocks chosen at
-            random with ``seed``, a count, or block names; see :func:`fxprune.removable_blocks`): the
-            reference is then the model with those blocks' branch outputs zeroed.
-
-    Returns:
-        A :class:`VerifyReport`; raises :class:`OracleMismatchError` on a mismatch.
-
-    Example::
-
-        >>> import torch, fxprune
-        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3))
-        >>> fxprune.verify(net, (torch.randn(2, 3, 12, 12),)).passed
-        True
-    """
-    from ..api import analyze  # the checks sit below the verbs: no import circle
-
-    _refuse_meta(model, example_inputs)
-    model64 = copy.deepcopy(model).double().eval()
-    inputs = tree_map(cast_value, tuple(example_inputs) if not isinstance(example_inputs, torch.Tensor)
-                      else (example_inputs,))
-    kwargs = tree_map(cast_value, dict(example_kwargs or {}))
-    dg = analyze(model64, inputs, kwargs, leaf_modules=leaf_modules, fold=fold)
-    folds = fold_registry(dg.gm)
-    if folds is not None:
-        _check_folded_capture(model64, dg.gm, inputs, kwargs)
-    for gm in (dg.gm, *(info.summary.gm for _, info in (folds.blocks if folds else ()))):
-        promote_casts(gm)
-    inputs = tuple(x for i, x in enumerate(inputs) if i not in set(dg.lifted))  # now graph attributes
+def run_oracles(dg, inputs: tuple, kwargs: dict, blocks=(), *, seed: int = 0, removal: float = 1 / 3,
+                rtol: float = 1e-9, raise_on_mismatch: bool = True, name: str = "model") -> VerifyReport:
+    """Both oracles on ``dg`` (a float64 analysis whose graph inputs are ``inputs``/``kwargs``), with
+    ``blocks`` (whole blocks, :class:`fxprune.passes.Block`) removed as well; :func:`fxprune.verify` is the verb."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad(), _float64_default():
-        blocks = _depth_blocks(dg, depth, seed)
         branches = tuple(br for b in blocks for br in b.branches)
         silenced = silence_branches(runnable(dg.gm), branches) if branches else runnable(dg.gm)
         ref = silenced(*inputs, **kwargs)
@@ -235,6 +186,6 @@ def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = No
                           [(g.name, g.mixing) for g in dg.groups if g.mixing is not None], rtol, share, failures,
                           blocks=tuple(b.name for b in blocks), second=second[2])
     if raise_on_mismatch and not report.passed:
-        raise OracleMismatchError(f"pruned {type(model).__name__} does not compute what the original "
+        raise OracleMismatchError(f"pruned {name} does not compute what the original "
                                   f"computes; a rule misses a coupling:\n{report}")
     return report

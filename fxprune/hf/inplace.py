@@ -29,6 +29,9 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from ..checks.inplace import _first_line
+from ..checks.layers import _rename
+from ..errors import FxPruneError
 from .config import SECTION, PrunedConfig, _is_config, pruned_config
 
 __all__ = ["ConfigStep", "is_hf_model"]
@@ -188,3 +191,58 @@ class ConfigStep:
         changed = ", ".join(f"{p} {a} -> {b}" for p, (a, b) in r.changed.items()) or "no attribute"
         return (f"config: {changed}" + ("" if r.uniform else f"; {len(r.per_layer)} tensors with per-layer "
                                         "shapes (fxprune.hf.save_pretrained / from_pretrained)"))
+
+
+def _live_hf_model(model) -> bool:
+    return "transformers" in sys.modules and is_hf_model(model)
+
+
+# -- layers removed in place (Note [Layers in place] in fxprune/checks/layers.py) --
+
+def _config_follows(model: nn.Module, tx, path: str, kept: list, n_old: int) -> None:
+    config = model.config
+    if getattr(config, "num_hidden_layers", None) != n_old:
+        raise FxPruneError(f"{path} has {n_old} layers but config.num_hidden_layers is "
+                           f"{getattr(config, 'num_hidden_layers', None)}: removing layers in place needs the list "
+                           "the config counts; use inplace=False")
+    for c in _live_configs(model):
+        tx.keep(c)
+        for k, v in list(vars(c).items()):
+            if isinstance(v, (list, tuple)) and len(v) == n_old and not k.startswith("_"):
+                setattr(c, k, type(v)(v[i] for i in kept))
+        if getattr(c, "num_hidden_layers", None) == n_old:
+            c.num_hidden_layers = len(kept)
+    section = getattr(config, SECTION, None)
+    if isinstance(section, dict) and section.get("per_layer"):
+        index = {old: new for new, old in enumerate(kept)}
+        per_layer = {}
+        for k, v in section["per_layer"].items():
+            renamed = _rename(k, path, index)
+            if renamed is not None:
+                per_layer[renamed] = v
+        setattr(config, SECTION, {**section, "per_layer": per_layer})
+
+
+def _rebuilt_check(model: nn.Module):
+    """A step for ``_check``: the model a checkpoint of ``model`` loads computes the same."""
+    class _Step:
+        def check(self, run, compare):
+            from .load import rebuild
+            try:
+                return compare(run(rebuild(copy.deepcopy(model.config), model.state_dict(), type(model))))
+            except Exception as e:  # noqa: BLE001 - any failure of the reloaded model is the finding
+                return f"the model a checkpoint loads fails: {type(e).__name__}: {_first_line(e)}"
+    return _Step()
+
+
+def _register() -> None:
+    from ..checks.inplace import register_step
+    from ..checks.layers import register_layer_step
+
+    register_step(_live_hf_model, ConfigStep)
+    register_layer_step(is_hf_model, _config_follows, _rebuilt_check)
+
+
+
+
+_register()  # Note [In-place steps] in fxprune/checks/inplace.py

@@ -35,7 +35,7 @@ from ..calib import REPAIRS, calibrate
 from ..capture.modes import on_meta
 from ..calib.pipeline import calibration_for, needs_calibration, repair_plan
 from ..calib.allocation import coordinate_costs
-from ..calib.objective import split_by_objective
+from .objective import split_by_objective
 from ..calib.sequential import sequential_repair
 from ..errors import MetaDeviceError
 from .budget import measured_plan
@@ -99,7 +99,7 @@ class PruneConfig:
         split: how a local ratio is shared between head groups and the other groups: ``"ratio"`` (each
             group loses ``ratio``), ``"objective"`` (the share of heads, head dims and MLP channels with
             the least calibration output error after ``repair``, the parameters removed matched; needs
-            ``data``; Note [Width split by objective] in ``fxprune/calib/objective.py``), ``"auto"``:
+            ``data``; Note [Width split by objective] in ``fxprune/policy/objective.py``), ``"auto"``:
             ``"objective"`` with ``uniform=True`` when ``data`` calibrates, else ``"ratio"``.
     """
 
@@ -125,7 +125,7 @@ class PruneConfig:
     depth_ratio: Union[None, float, int, tuple] = None
     block_importance: str = "angular"
     # sequential repair (Note [Sequential repair] in fxprune/calib/sequential.py); the width split of a local
-    # ratio (Note [Width split by objective] in fxprune/calib/objective.py)
+    # ratio (Note [Width split by objective] in fxprune/policy/objective.py)
     sequential: bool = False
     split: str = "auto"
 

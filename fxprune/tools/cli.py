@@ -420,7 +420,7 @@ def _measure_before(args, m: _Loaded, dg, cfg, say) -> _Before:
 
 
 def _verify(args, m: _Loaded, cfg, blocks: tuple = ()):
-    from ..checks.oracles import verify
+    from ..verify import verify
     return verify(m.model, m.args, m.kwargs, leaf_modules=cfg.leaf_modules, raise_on_mismatch=False, fold=args.fold,
                   depth=blocks or None)
 

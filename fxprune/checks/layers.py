@@ -16,20 +16,22 @@ second one:
 4. the eager forward must compute the pruned graph (branches removed), and so must
    the model a checkpoint loads (rebuilt from the config read back from JSON).
 
+Steps 3 and the checkpoint check of 4 belong to the HF room, which registers them
+(``register_layer_step``, called by ``fxprune/hf/inplace.py``).
+
 Whatever fails, both transactions are undone: the model comes back as it was.
 """
 from __future__ import annotations
 
-import copy
 import re
 from typing import Optional
 
 import torch.nn as nn
 
-from ..checks.inplace import InPlaceMismatchError, _check, _first_line, _Transaction, _transaction
+from .inplace import InPlaceMismatchError, _check, _first_line, _Transaction, _transaction
 from ..errors import FxPruneError
 
-__all__ = ["apply_inplace_depth", "removal_plan"]
+__all__ = ["apply_inplace_depth", "removal_plan", "register_layer_step"]
 
 
 def removal_plan(model: nn.Module, blocks) -> dict:
@@ -71,56 +73,28 @@ def _rename(name: str, path: str, index: dict) -> Optional[str]:
     return None if new is None else f"{path}.{new}{m.group(2) or ''}"
 
 
-def _config_follows(model: nn.Module, tx, path: str, kept: list, n_old: int) -> None:
-    from .config import SECTION
-    from .inplace import _live_configs
-
-    config = model.config
-    if getattr(config, "num_hidden_layers", None) != n_old:
-        raise FxPruneError(f"{path} has {n_old} layers but config.num_hidden_layers is "
-                           f"{getattr(config, 'num_hidden_layers', None)}: removing layers in place needs the list "
-                           "the config counts; use inplace=False")
-    for c in _live_configs(model):
-        tx.keep(c)
-        for k, v in list(vars(c).items()):
-            if isinstance(v, (list, tuple)) and len(v) == n_old and not k.startswith("_"):
-                setattr(c, k, type(v)(v[i] for i in kept))
-        if getattr(c, "num_hidden_layers", None) == n_old:
-            c.num_hidden_layers = len(kept)
-    section = getattr(config, SECTION, None)
-    if isinstance(section, dict) and section.get("per_layer"):
-        index = {old: new for new, old in enumerate(kept)}
-        per_layer = {}
-        for k, v in section["per_layer"].items():
-            renamed = _rename(k, path, index)
-            if renamed is not None:
-                per_layer[renamed] = v
-        setattr(config, SECTION, {**section, "per_layer": per_layer})
+# Note [Layer steps]: what a model's own room must do when its layers go away (an HF model's config
+# follows, and the model its checkpoint loads must compute the same). fxprune.hf.inplace registers
+# its steps here, as it does for widths (Note [In-place steps] in checks/inplace.py).
+_LAYER_STEPS: list = []  # (predicate, follow(model, tx, path, kept, n_old), rebuilt_check(model) -> step)
 
 
-def _rebuilt_check(model: nn.Module):
-    """A step for ``_check``: the model a checkpoint of ``model`` loads computes the same."""
-    class _Step:
-        def check(self, run, compare):
-            from .load import rebuild
-            try:
-                return compare(run(rebuild(copy.deepcopy(model.config), model.state_dict(), type(model))))
-            except Exception as e:  # noqa: BLE001 - any failure of the reloaded model is the finding
-                return f"the model a checkpoint loads fails: {type(e).__name__}: {_first_line(e)}"
-    return _Step()
+def register_layer_step(predicate, follow, rebuilt_check) -> None:
+    """On a model ``predicate`` accepts, removing layers in place calls ``follow`` for each list and runs
+    ``rebuilt_check(model)``'s step in the final check."""
+    _LAYER_STEPS.append((predicate, follow, rebuilt_check))
 
 
 def _depth_transaction(model: nn.Module, dg, graph, blocks) -> Optional[str]:
-    from .inplace import is_hf_model
-
+    mine = [(follow, rebuilt) for predicate, follow, rebuilt in _LAYER_STEPS if predicate(model)]
     tx = _Transaction(model)
     try:
         for path, removed in removal_plan(model, blocks).items():
             n_old = len(model.get_submodule(path))
             kept = _drop(model, path, removed)
-            if is_hf_model(model):
-                _config_follows(model, tx, path, kept, n_old)
-        steps = (_rebuilt_check(model),) if is_hf_model(model) else ()
+            for follow, _ in mine:
+                follow(model, tx, path, kept, n_old)
+        steps = tuple(rebuilt(model) for _, rebuilt in mine)
         problem = _check(model, dg, graph, None, steps)
     except Exception:
         tx.restore()

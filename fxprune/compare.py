@@ -1,4 +1,4 @@
-"""Comparing model outputs: the one measure every check uses."""
+"""Comparing model outputs: the one measure every check uses (a low module: capture, checks and the verbs import it)."""
 from __future__ import annotations
 
 import dataclasses

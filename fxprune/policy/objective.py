@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .repair import plan_repair
+from ..calib.repair import plan_repair
 
 __all__ = ["objective", "SHARES", "MODES", "split_by_objective"]
 
@@ -39,7 +39,7 @@ def objective(dg, keep: dict, cal, repair: Optional[str] = "lstsq") -> float:
 
         >>> import torch, fxprune
         >>> from fxprune.calib import calibrate
-        >>> from fxprune.calib.objective import objective
+        >>> from fxprune.policy.objective import objective
         >>> _ = torch.manual_seed(0)
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         >>> dg = fxprune.analyze(net, (torch.randn(1, 4),))
@@ -57,9 +57,9 @@ def split_by_objective(dg, scores: dict, ratios: dict, ratio: float, cfg, cal, t
                        repair: Optional[str] = "lstsq") -> Optional[dict]:
     """The keep-indices of the least-objective split (Note [Width split by objective]); None where the
     candidate groups have no factored component (the plain ratio applies)."""
-    from ..policy.budget import _meter
-    from ..policy.factored import components
-    from ..policy.selection import _top, factored_counts, select_local
+    from .budget import _meter
+    from .factored import components
+    from .selection import _top, factored_counts, select_local
 
     factored = {g for groups, _ in components(dg, [g for g in ratios if scores.get(g) is not None])
                 for g in groups}
