@@ -15,6 +15,7 @@ from .capture.modes import refuse_train, restore_flags, training_flags
 from .checks.certificate import attach, certify
 from .errors import CaptureError, GroupMismatchError, KeepIndicesError
 from .graph import DependencyGraph, Group
+from .profile import phase
 
 __all__ = ["analyze", "apply", "certificate"]
 
@@ -85,16 +86,20 @@ def analyze(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = N
     """
     inputs = _as_inputs(example_inputs)
     leaves = _check_leaves(model, leaf_modules)
-    cap = _capture(model, inputs, leaves, example_kwargs, fold)
+    with phase("capture"):
+        cap = _capture(model, inputs, leaves, example_kwargs, fold)
     try:
-        result = analyze_graph(cap.gm, cap.inputs)
+        with phase("analysis"):
+            result = analyze_graph(cap.gm, cap.inputs)
     except ShapePropagationError as e:  # a traced graph of another branch (Note [Checked trace])
         if cap.front_end != "torch.fx.symbolic_trace":
             raise
         why = f"its graph fails shape propagation: {str(e).splitlines()[0][:200]}"
-        cap = capture_exported(model, inputs, example_kwargs, CaptureError(f"symbolic_trace: {why}"))
+        with phase("capture"):
+            cap = capture_exported(model, inputs, example_kwargs, CaptureError(f"symbolic_trace: {why}"))
         cap.front_end += f" (symbolic_trace was not used: {why})"
-        result = analyze_graph(cap.gm, cap.inputs)
+        with phase("analysis"):
+            result = analyze_graph(cap.gm, cap.inputs)
     dg = DependencyGraph(result, cap.front_end, type(model).__name__, cap.lifted)
     dg.example_args, dg.example_kwargs = inputs, dict(example_kwargs or {})
     dg.model = model
@@ -190,8 +195,12 @@ def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False, check: b
             raise GroupMismatchError(f"{group.name} is given twice in keep (as a Group and as its index "
                                      f"{group.index}?); name every group once")
         atoms[group.atom] = _keep_tensor(group, idx)
-    cert = certificate(dg) if check else None
-    pruned = rewrite_graph(dg.gm, atoms)
+    cert = None
+    if check:
+        with phase("certificate"):
+            cert = certificate(dg)
+    with phase("rewrite"):
+        pruned = rewrite_graph(dg.gm, atoms)
     if repair is not None:
         repair.write(pruned)
     if not inplace:
@@ -202,7 +211,8 @@ def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False, check: b
     from .checks.inplace import apply_inplace
 
     sizes = {dg.groups[i].size for i, g in enumerate(dg.groups) if g.atom in atoms and len(atoms[g.atom]) < g.size}
-    model = apply_inplace(dg.model, dg, pruned, sizes, edit=None if repair is None else repair.write_module)
+    with phase("in-place trials"):
+        model = apply_inplace(dg.model, dg, pruned, sizes, edit=None if repair is None else repair.write_module)
     if cert is not None:
         attach(model, cert)
     return model

@@ -21,6 +21,7 @@ from fxprune.passes.rewrite import plant
 
 from ..checks.compare import plain_outputs, relative_error
 from ..errors import CaptureError, ExampleInputError
+from ..profile import phase
 from .modes import EXPORT_FROZEN, eval_copy, mode_difference, on_meta, reads_training, train_refusal
 
 __all__ = ["capture", "Captured", "capture_exported"]
@@ -397,7 +398,8 @@ class _WrongTrace(CaptureError):
 def _checked_trace(model: nn.Module, inputs: tuple, leaves: Iterable) -> Captured:
     clone = eval_copy(model)
     gm = _trace(clone, leaves, watch=clone)
-    problem = _trace_mismatch(clone, gm, inputs)
+    with phase("checked trace"):
+        problem = _trace_mismatch(clone, gm, inputs)
     if problem is not None:
         raise _WrongTrace(f"torch.fx.symbolic_trace recorded a graph that does not compute what "
                           f"{type(model).__name__} computes on the example inputs: {problem}", problem)

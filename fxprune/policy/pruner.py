@@ -36,6 +36,7 @@ from ..capture.modes import on_meta
 from ..calib.pipeline import calibration_for, needs_calibration, repair_plan
 from ..calib.allocation import coordinate_costs
 from ..errors import MetaDeviceError
+from ..profile import attach_profile, phase, profiling
 from .counting import count_macs, count_params
 from .expressible import expressible
 from .importance import Random, Taylor, get_importance
@@ -169,10 +170,17 @@ def plan(dg, scores: dict, cfg: PruneConfig, ratio: Optional[float] = None, only
 
 def _counter(cfg: PruneConfig, inputs, kwargs: Optional[dict] = None) -> Optional[Callable]:
     if cfg.target_macs is not None:
-        return lambda m: count_macs(m, inputs, kwargs)
+        return _timed(lambda m: count_macs(m, inputs, kwargs))
     if cfg.target_params is not None:
-        return count_params
+        return _timed(count_params)
     return None
+
+
+def _timed(count: Callable) -> Callable:
+    def counted(m):
+        with phase("counting"):
+            return count(m)
+    return counted
 
 
 def _search(dg, scores, cfg, counter, target: float, progress: bool = False, only=None) -> dict:
@@ -285,20 +293,25 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
     cfg = dataclasses.replace(config, **options) if config is not None else PruneConfig(**options)
     crit = get_importance(cfg.importance)
     _refuse_meta(dg.model if isinstance(dg.model, nn.Module) else dg.gm, crit)
-    cal = calibration_for(dg, crit, cfg.repair, data, group_ratios(dg, cfg, cfg.max_ratio))
+    with phase("calibration" if needs_calibration(crit, cfg.repair) else "scoring"):
+        cal = calibration_for(dg, crit, cfg.repair, data, group_ratios(dg, cfg, cfg.max_ratio))
     if scores is None:
-        scores = score_groups(dg, crit, data=data, loss_fn=loss_fn,
-                              stats=cal if getattr(crit, "needs_calibration", False) else None)
+        with phase("scoring"):
+            scores = score_groups(dg, crit, data=data, loss_fn=loss_fn,
+                                  stats=cal if getattr(crit, "needs_calibration", False) else None)
     counter = _counter(cfg, dg.example_args, dg.example_kwargs)
     if counter is not None and target is None:
         source = dg.model if isinstance(dg.model, nn.Module) and not dg.lifted else runnable(dg.gm)
         target = _absolute(cfg.target_macs or cfg.target_params, counter(source))
     if cfg.uniform and not inplace:
         raise ValueError("uniform=True chooses widths a stock config describes, for in-place pruning: pass inplace=True")
-    only = expressible(dg, cfg.uniform) if inplace else None
-    keep = _search(dg, scores, cfg, counter, target, progress, only) if counter is not None else \
-        plan(dg, scores, cfg, only=only)
-    fix = repair_plan(dg, keep, cal, cfg.repair, inplace)
+    with phase("in-place trials" if inplace else "selection"):
+        only = expressible(dg, cfg.uniform) if inplace else None
+    with phase("selection"):
+        keep = _search(dg, scores, cfg, counter, target, progress, only) if counter is not None else \
+            plan(dg, scores, cfg, only=only)
+    with phase("repair" if cfg.repair else "selection"):
+        fix = repair_plan(dg, keep, cal, cfg.repair, inplace)
     model = apply(dg, keep, check=check, inplace=inplace, repair=fix)
     if only is not None:
         model.__dict__["fxprune_expressible"] = only
@@ -317,7 +330,8 @@ def _refuse_meta(model: nn.Module, crit) -> None:
 
 def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None, *,
           example_kwargs: Optional[dict] = None, data=None, loss_fn=None, callback: Optional[Callable] = None,
-          check: bool = True, progress: bool = False, inplace: bool = False, **options) -> fx.GraphModule:
+          check: bool = True, progress: bool = False, inplace: bool = False, profile: bool = False,
+          **options) -> fx.GraphModule:
     """Prune ``model`` structurally: score groups, pick channels, rewrite, certify. ``model`` is not modified,
     unless ``inplace=True``.
 
@@ -343,6 +357,10 @@ def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None
             left out and why are in ``model.fxprune_expressible`` (Note [Expressible pruning] in
             ``fxprune/policy/expressible.py``). ``uniform=True`` keeps one width per class across layers
             and a stock config.
+        profile: time the call by phase (capture, checked trace, analysis, scoring, selection, rewrite,
+            certificate, in-place trials, counting; Note [Phase timer] in ``fxprune/profile.py``): the
+            result carries the :class:`~fxprune.profile.Profile` as ``.fxprune_profile`` (and, for a
+            GraphModule, ``.meta["fxprune.profile"]``).
 
     Returns:
         The pruned ``fx.GraphModule`` (``model`` itself with ``inplace=True``): it trains like
@@ -365,6 +383,15 @@ def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None
         >>> abs(fxprune.count_macs(half, x) / fxprune.count_macs(net, x) - 0.5) <= 0.01
         True
     """
+    with profiling(profile) as prof:
+        result = _prune(model, example_inputs, config, example_kwargs, data, loss_fn, callback, check, progress,
+                        inplace, options)
+    attach_profile(result, prof)
+    return result
+
+
+def _prune(model, example_inputs, config, example_kwargs, data, loss_fn, callback, check, progress, inplace,
+           options) -> fx.GraphModule:
     cfg = dataclasses.replace(config, **options) if config is not None else PruneConfig(**options)
     crit = get_importance(cfg.importance)
     if crit.needs_data and data is None:
