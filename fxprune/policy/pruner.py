@@ -40,6 +40,7 @@ from ..profile import attach_profile, phase, profiling
 from .counting import count_macs, count_params
 from .expressible import expressible
 from .importance import Random, Taylor, get_importance
+from .probe import TargetProbe
 from .selection import group_ratios, select_global, select_local
 from .stats import collect_stats
 
@@ -184,11 +185,13 @@ def _timed(count: Callable) -> Callable:
 
 
 def _search(dg, scores, cfg, counter, target: float, progress: bool = False, only=None) -> dict:
-    """Bisection on the ratio until ``counter(pruned)`` is within ``tolerance`` of ``target``."""
-    if counter(runnable(dg.gm)) <= target * (1 + cfg.tolerance):
+    """Bisection on the ratio until ``counter(pruned)`` is within ``tolerance`` of ``target``; probes are
+    counted on the meta device (Note [Meta probes] in ``fxprune/policy/probe.py``)."""
+    probe = TargetProbe(dg, counter, cfg.target_macs is not None)
+    if probe({}) <= target * (1 + cfg.tolerance):
         return {}
     lo, hi = 0.0, 1.0 - 1e-6
-    floor = counter(apply(dg, plan(dg, scores, cfg, hi, only), check=False))
+    floor = probe(plan(dg, scores, cfg, hi, only))
     if floor > target * (1 + cfg.tolerance):
         raise ValueError(f"target {target:.4g} is unreachable: pruning every prunable group as far as the "
                          f"limits allow (max_ratio, min_keep, round_to, ignore) leaves {floor}; "
@@ -198,7 +201,7 @@ def _search(dg, scores, cfg, counter, target: float, progress: bool = False, onl
         for _ in range(40):
             mid = (lo + hi) / 2
             best = plan(dg, scores, cfg, mid, only)
-            got = counter(apply(dg, best, check=False))
+            got = probe(best)
             bar.update(1)
             bar.set_postfix_str(f"ratio {mid:.3f}: {got:.4g} for {target:.4g}")
             if abs(got - target) <= cfg.tolerance * target:
