@@ -58,3 +58,23 @@ def test_target_search_result_matches_its_target():
     model = net()
     half = fxprune.prune(model, X, target_macs=0.5, scope="global", tolerance=0.1)
     assert abs(count_macs(half, X) / count_macs(model, X) - 0.5) <= 0.1 * 0.5
+
+
+def test_scoring_all_groups_at_once_is_bit_for_bit_the_per_group_score():
+    from fxprune.policy.importance import get_importance
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(6 * 6 * 6, 4)).eval()
+    dg = fxprune.analyze(model, (torch.randn(1, 3, 10, 10),))
+    for name in ("l2", "l1", "bn_scale", "lamp"):
+        crit = get_importance(name)
+        together = crit.score_all(dg)
+        for g in dg.groups:
+            alone = crit(dg, g)
+            assert (alone is None and together[g] is None) or torch.equal(alone, together[g]), (name, g)
+        if name == "l2":  # nothing is kept between calls: new weights, new scores
+            with torch.no_grad():
+                model[0].weight.mul_(2.0)
+            again = crit.score_all(dg)
+            assert not torch.equal(again[dg.groups[0]], together[dg.groups[0]])
+            assert torch.equal(again[dg.groups[0]], crit(dg, dg.groups[0]))

@@ -154,7 +154,7 @@ def score_groups(dg, importance="l2", *, data: Optional[Iterable] = None, loss_f
                              "(and loss_fn=lambda model, batch: loss if batches are not (x, y) for cross-entropy)")
         stats = collect_stats(runnable(dg.gm), data, loss_fn, fisher=getattr(crit, "needs_fisher", False),
                               per_batch=isinstance(crit, Taylor) and not crit.elementwise)
-    return {g: crit(dg, g, stats) for g in dg.groups}
+    return crit.score_all(dg, stats)
 
 
 def plan(dg, scores: dict, cfg: PruneConfig, ratio: Optional[float] = None, only=None) -> dict:
