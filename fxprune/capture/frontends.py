@@ -22,6 +22,7 @@ from fxprune.passes.rewrite import plant
 from ..checks.compare import plain_outputs, relative_error
 from ..errors import CaptureError, ExampleInputError
 from ..profile import phase
+from .replay import replayed_leaves
 from .modes import EXPORT_FROZEN, eval_copy, mode_difference, on_meta, reads_training, train_refusal
 
 __all__ = ["capture", "Captured", "capture_exported"]
@@ -434,18 +435,24 @@ def _refuse_bad_inputs(model: nn.Module, inputs: tuple, kwargs: dict) -> None:
 
 
 def _trace_mismatch(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> Optional[str]:
-    """Why ``gm`` does not reproduce ``model`` on ``inputs`` (None if it does)."""
+    """Why ``gm`` does not reproduce ``model`` on ``inputs`` (None if it does). The graph run reuses the
+    eager run's layers where it feeds them the same input (Note [Replayed leaves] in capture/replay.py)."""
     meta = on_meta(model, inputs)
-    try:
-        ref = plain_outputs(_run_seeded(model, inputs))
-    except Exception as e:
-        if meta:  # data-dependent Python cannot run on meta tensors: the analysis decides
-            return None
-        raise _bad_inputs(model, inputs, {}, e) from e
-    try:
-        out = plain_outputs(_run_seeded(gm, inputs))
-    except Exception as e:
-        return f"the traced graph fails on them ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+    with replayed_leaves(model) as (record, replay):
+        try:
+            with record():
+                ref = plain_outputs(_run_seeded(model, inputs))
+        except Exception as e:
+            if meta:  # data-dependent Python cannot run on meta tensors: the analysis decides
+                return None
+            raise _bad_inputs(model, inputs, {}, e) from e
+        try:
+            with replay() as calls:
+                calls.forget_aliases_of(_tensors(ref))
+                out = plain_outputs(_run_seeded(gm, inputs))
+        except Exception as e:
+            why = str(e).splitlines()[0][:200] if str(e) else ""
+            return f"the traced graph fails on them ({type(e).__name__}: {why})"
     if meta:
         same = _shapes(ref) == _shapes(out)
         return None if same else f"output shapes {_shapes(out)} instead of {_shapes(ref)}"
