@@ -84,11 +84,22 @@ def _worker(tool: str, name: str) -> None:
                                torch.nn.Conv2d(8, 4, 3)).eval()
     tiny_x = torch.randn(1, 3, 16, 16)
 
+    phases: dict = {}
     if tool == "fxprune":
+        import contextlib
+
         import fxprune
+        try:
+            from fxprune.profile import profiling
+        except ImportError:  # an fxprune without the phase timer (a baseline checkout)
+            profiling = lambda: contextlib.nullcontext(type("P", (), {"seconds": {}})())  # noqa: E731
 
         def analyze(m, inp):
-            return len(fxprune.analyze(m, (inp,)).groups)
+            with profiling() as prof:
+                n = len(fxprune.analyze(m, (inp,)).groups)
+            phases.clear()
+            phases.update(prof.seconds)
+            return n
     else:
         import torch_pruning as tp
 
@@ -109,7 +120,7 @@ def _worker(tool: str, name: str) -> None:
         dt = time.perf_counter() - t
         peak = _status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps({"t": dt, "groups": groups, "mem_mib": (peak - before) / 1024 if first else None,
-                          "mem_exact": exact}), flush=True)
+                          "mem_exact": exact, "phases": dict(phases)}), flush=True)
         first = False
 
 
@@ -145,8 +156,8 @@ class Worker:
 
 
 def measure(name: str, tools: list, reps: dict, cap: float) -> dict:
-    res = {t: {"times": [], "cold": None, "timeout": False, "groups": None, "mem": None, "mem_exact": False, "error": None}
-           for t in tools}
+    res = {t: {"times": [], "cold": None, "timeout": False, "groups": None, "mem": None, "mem_exact": False, "error": None,
+               "phases": []} for t in tools}
     workers = {}
     for t in tools:
         try:
@@ -173,6 +184,7 @@ def measure(name: str, tools: list, reps: dict, cap: float) -> dict:
                 r["mem"], r["mem_exact"], r["cold"] = out["mem_mib"], out["mem_exact"], out["t"]
             else:
                 r["times"].append(out["t"])
+                r["phases"].append(out.get("phases") or {})
     for w in workers.values():
         w.close()
     return res
@@ -219,14 +231,16 @@ def main(argv=None) -> int:
     from tabulate import tabulate
     import torch
 
+    print(f"load average (1, 5, 15 min) at the start: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
           f"medians of {reps['fxprune']} fxprune" + (f" / {reps['tp']} Torch-Pruning" if "tp" in tools else "")
           + f" runs, input 1x3x224x224, cap {args.tp_timeout:g} s per run", flush=True)
-    rows, ratios, any_bound = [], [], False
+    rows, ratios, any_bound, phase_rows = [], [], False, []
     for name in names:
         t0 = time.perf_counter()
         res = measure(name, tools, reps, args.tp_timeout)
         fx_t, fx_s, _ = _time(res["fxprune"], args.tp_timeout)
+        phase_rows.append((name, res["fxprune"]["phases"]))
         row = [name, fx_s]
         if "tp" in tools:
             tp_t, tp_s, bound = _time(res["tp"], args.tp_timeout)
@@ -259,7 +273,22 @@ def main(argv=None) -> int:
               + (f" (an upper bound: Torch-Pruning hit the {args.tp_timeout:g} s cap on some model)"
                  if any_bound else "") + f"  ->  fxprune is {1 / gm:.1f}x faster")
     print("peak MiB: RSS growth of the first analysis in a fresh worker process, after a warm-up on a tiny net")
+    print("\n" + phase_table(phase_rows))
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     return 0
+
+
+def phase_table(rows: list) -> str:
+    """fxprune's analysis time by phase (medians over the timed runs; fxprune.profile)."""
+    from tabulate import tabulate
+    names = ["capture", "checked trace", "analysis"]
+    body = []
+    for model, runs in rows:
+        med = {n: statistics.median([r.get(n, 0.0) for r in runs]) if runs else 0.0 for n in names}
+        total = sum(med.values()) or 1.0
+        body.append([model, *(f"{med[n]:.3f} ({med[n] / total:.0%})" for n in names)])
+    return "fxprune analysis by phase, seconds (share):\n" + tabulate(body, headers=["model", *names],
+                                                                        disable_numparse=True)
 
 
 if __name__ == "__main__":

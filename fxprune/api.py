@@ -17,6 +17,7 @@ from .checks.certificate import attach, certify
 from .checks.guard import own_inputs, refuse_unsupported, unwrap_compiled, written_inputs
 from .errors import CaptureError, GroupMismatchError, KeepIndicesError
 from .graph import DependencyGraph, Group
+from .profile import phase
 
 __all__ = ["analyze", "apply", "certificate"]
 
@@ -94,20 +95,24 @@ def analyze(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = N
     inputs, example_kwargs, versions = own_inputs(model, _as_inputs(example_inputs), example_kwargs)
     leaves = _check_leaves(model, leaf_modules)
     try:
-        cap = _capture(model, inputs, leaves, example_kwargs, fold)
+        with phase("capture"):
+            cap = _capture(model, inputs, leaves, example_kwargs, fold)
     except Exception:
         written_inputs(model, versions, inputs, example_kwargs)  # the model's own writes, not a capture bug
         raise
     written_inputs(model, versions, inputs, example_kwargs)
     try:
-        result = analyze_graph(cap.gm, cap.inputs)
+        with phase("analysis"):
+            result = analyze_graph(cap.gm, cap.inputs)
     except ShapePropagationError as e:  # a traced graph of another branch (Note [Checked trace])
         if cap.front_end != "torch.fx.symbolic_trace":
             raise
         why = f"its graph fails shape propagation: {str(e).splitlines()[0][:200]}"
-        cap = capture_exported(model, inputs, example_kwargs, CaptureError(f"symbolic_trace: {why}"))
+        with phase("capture"):
+            cap = capture_exported(model, inputs, example_kwargs, CaptureError(f"symbolic_trace: {why}"))
         cap.front_end += f" (symbolic_trace was not used: {why})"
-        result = analyze_graph(cap.gm, cap.inputs)
+        with phase("analysis"):
+            result = analyze_graph(cap.gm, cap.inputs)
     return DependencyGraph(result, cap.front_end, type(model).__name__, cap.lifted, example_args=inputs,
                            example_kwargs=example_kwargs, model=model,
                            train_refused=cap.train_refused,  # Note [Training mode] in fxprune/capture/modes.py
@@ -205,8 +210,12 @@ def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False, check: b
             raise GroupMismatchError(f"{group.name} is given twice in keep (as a Group and as its index "
                                      f"{group.index}?); name every group once")
         atoms[group.atom] = _keep_tensor(group, idx)
-    cert = certificate(dg) if check else None
-    pruned = rewrite_graph(dg.gm, atoms)
+    cert = None
+    if check:
+        with phase("certificate"):
+            cert = certificate(dg)
+    with phase("rewrite"):
+        pruned = rewrite_graph(dg.gm, atoms)
     if repair is not None:
         repair.write(pruned)
     branches = [br for b in blocks for br in b.branches]
@@ -229,7 +238,8 @@ def apply(dg: DependencyGraph, keep: Mapping, *, inplace: bool = False, check: b
         return model
     from .checks.inplace import apply_inplace
 
-    model = apply_inplace(dg.model, dg, pruned, sizes, edit=None if repair is None else repair.write_module)
+    with phase("in-place trials"):
+        model = apply_inplace(dg.model, dg, pruned, sizes, edit=None if repair is None else repair.write_module)
     if cert is not None:
         attach(model, cert)
     return model

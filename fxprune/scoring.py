@@ -72,6 +72,10 @@ class Criterion:
                              "to fxprune.prune, or stats=fxprune.collect_stats(...)")
         return self.score(dg, group, stats)
 
+    def score_all(self, dg, stats: Optional[dict] = None) -> dict:
+        """``{group: scores}`` for every group of ``dg``: what calling it per group returns."""
+        return {g: self(dg, g, stats) for g in dg.groups}
+
 
 @dataclass(frozen=True)
 class _FnCriterion(Criterion):

@@ -22,6 +22,8 @@ from fxprune.passes.rewrite import plant
 
 from ..compare import plain_outputs, relative_error
 from ..errors import CaptureError, ExampleInputError
+from ..profile import phase
+from .replay import replayed_leaves
 from .modes import EXPORT_FROZEN, eval_copy, mode_difference, on_meta, reads_training, train_refusal
 
 __all__ = ["capture", "Captured", "capture_exported"]
@@ -414,7 +416,8 @@ class _WrongTrace(CaptureError):
 def _checked_trace(model: nn.Module, inputs: tuple, leaves: Iterable) -> Captured:
     clone = eval_copy(model)
     gm = _trace(clone, leaves, watch=clone)
-    problem = _trace_mismatch(clone, gm, inputs)
+    with phase("checked trace"):
+        problem = _trace_mismatch(clone, gm, inputs)
     if problem is not None:
         raise _WrongTrace(f"torch.fx.symbolic_trace recorded a graph that does not compute what "
                           f"{type(model).__name__} computes on the example inputs: {problem}", problem)
@@ -450,18 +453,24 @@ def _refuse_bad_inputs(model: nn.Module, inputs: tuple, kwargs: dict) -> None:
 
 def _trace_mismatch(model: nn.Module, gm: fx.GraphModule, inputs: tuple,
                     kwargs: Optional[dict] = None) -> Optional[str]:
-    """Why ``gm`` does not reproduce ``model`` on ``inputs`` (None if it does)."""
+    """Why ``gm`` does not reproduce ``model`` on ``inputs`` (None if it does). The graph run reuses the
+    eager run's layers where it feeds them the same input (Note [Replayed leaves] in capture/replay.py)."""
     meta = on_meta(model, (inputs, kwargs))
-    try:
-        ref = plain_outputs(_run_seeded(model, inputs, kwargs))
-    except Exception as e:
-        if meta:  # data-dependent Python cannot run on meta tensors: the analysis decides
-            return None
-        raise _bad_inputs(model, inputs, dict(kwargs or {}), e) from e
-    try:
-        out = plain_outputs(_run_seeded(gm, inputs, kwargs))
-    except Exception as e:
-        return f"the traced graph fails on them ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+    with replayed_leaves(model) as (record, replay):
+        try:
+            with record():
+                ref = plain_outputs(_run_seeded(model, inputs, kwargs))
+        except Exception as e:
+            if meta:  # data-dependent Python cannot run on meta tensors: the analysis decides
+                return None
+            raise _bad_inputs(model, inputs, dict(kwargs or {}), e) from e
+        try:
+            with replay() as calls:
+                calls.forget_aliases_of(_tensors(ref))
+                out = plain_outputs(_run_seeded(gm, inputs, kwargs))
+        except Exception as e:
+            why = str(e).splitlines()[0][:200] if str(e) else ""
+            return f"the traced graph fails on them ({type(e).__name__}: {why})"
     if meta:
         same = _shapes(ref) == _shapes(out)
         return None if same else f"output shapes {_shapes(out)} instead of {_shapes(ref)}"

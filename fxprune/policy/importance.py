@@ -112,9 +112,19 @@ class Elementwise(Criterion):
         return self.bias or not target.endswith("bias")
 
     @torch.no_grad()
-    def score(self, dg, group, stats):
-        params = dict(dg.gm.named_parameters())
+    def score(self, dg, group, stats, sums: Optional[dict] = None):
+        """``sums``: ``{(param, dim): flat sums}`` computed already (:meth:`score_all`)."""
         per_member = []
+        for w, m, grad, fisher in self._members(dg, group, stats):
+            flat = sums.get((m.param, m.dim)) if sums is not None else None
+            if flat is None:
+                flat = self.dim_sums(w, (m.dim,), grad, fisher)[m.dim]
+            per_member.append(_to_group(flat, m, group))
+        return self.combine(per_member)
+
+    def _members(self, dg, group, stats):
+        """(tensor, member, grad, fisher) of every member the criterion counts."""
+        params = dict(dg.gm.named_parameters())
         for m in group.layouts:
             w = params.get(m.param)
             if w is None or not w.is_floating_point() or not self.counts(dg, m.param):
@@ -123,37 +133,71 @@ class Elementwise(Criterion):
             grad, fisher = (st.get(k) for k in ("grad", "fisher"))
             if (self.needs_data and grad is None) or (self.needs_fisher and fisher is None):
                 continue
-            per_member.append(self.member_scores(w, m, group, grad, fisher))
-        return self.combine(per_member)
+            yield w, m, grad, fisher
+
+    def score_all(self, dg, stats=None) -> dict:
+        """Every group's scores, with each parameter's statistic computed once for all the dims that
+        groups read it along (a conv weight: its out- and in-channels), not once per group. Bit for bit
+        what :meth:`score` per group gives: the same slices, the same sums (Note [Member sums])."""
+        if type(self).score is not Elementwise.score or type(self).member_scores is not Elementwise.member_scores:
+            return super().score_all(dg, stats)
+        if self.needs_data and stats is None:
+            return super().score_all(dg, stats)  # raises the needs-gradients error
+        wanted: dict = {}
+        for g in dg.groups:
+            for w, m, grad, fisher in self._members(dg, g, stats):
+                wanted.setdefault(m.param, (w, grad, fisher, set()))[3].add(m.dim)
+        sums = {}
+        for name, (w, grad, fisher, dims) in wanted.items():
+            for d, flat in self.dim_sums(w, tuple(sorted(dims)), grad, fisher).items():
+                sums[(name, d)] = flat
+        return {g: self.score(dg, g, stats, sums) for g in dg.groups}
+
+    # Note [Member sums]
+    # ~~~~~~~~~~~~~~~~~~
+    # A member's statistic is computed on float64 slices of the tensor's first dim (about
+    # SLICE_ELEMENTS elements each), so a large tensor never has a whole float64 copy (the
+    # checkpoint streamer calls member_scores tensor by tensor). Each slice's statistic is summed
+    # over every dim but d, for every dim d wanted: the slices and the order of every sum are the
+    # same whether one dim or several are wanted, so scoring all groups at once (score_all) and
+    # one member at a time (member_scores, the streamer) agree bit for bit.
 
     @torch.no_grad()
-    def member_scores(self, w: torch.Tensor, m: MemberLayout, group: Group, grad=None, fisher=None) -> torch.Tensor:
-        """One member's contribution: the statistic summed per coordinate of ``group`` (float64).
-
-        Computed on float64 slices of ``w``'s first dim (about :data:`SLICE_ELEMENTS` elements
-        each), so a large tensor never has a whole float64 copy; the checkpoint streamer calls it
-        tensor by tensor.
-        """
+    def dim_sums(self, w: torch.Tensor, dims: tuple, grad=None, fisher=None) -> dict:
+        """``{dim: the statistic of w summed over every other dim}`` (float64; Note [Member sums])."""
         rows = w.shape[0] if w.dim() else 1
         step = max(1, SLICE_ELEMENTS // max(1, w.numel() // max(1, rows)))
-        flat = torch.zeros(w.shape[m.dim], dtype=torch.float64)
+        flats = {d: torch.zeros(w.shape[d], dtype=torch.float64) for d in dims}
         for a in range(0, rows, step):
             n = min(step, rows - a)
             part = [None if t is None else t.detach().narrow(0, a, n).double() for t in (w, grad, fisher)]
-            sums = _flat_sums(self.element(*part), m.dim)
-            if m.dim == 0:
-                flat[a:a + n] = sums
-            else:
-                flat += sums
-        coords = m.layout.coordinate_map(group.atom)
-        mask = coords >= 0
-        return torch.zeros(group.size, dtype=torch.float64).index_add_(0, coords[mask], flat[mask])
+            elem = self.element(*part)
+            for d, flat in flats.items():
+                sums = _flat_sums(elem, d)
+                if d == 0:
+                    flat[a:a + n] = sums
+                else:
+                    flat += sums
+        return flats
+
+    @torch.no_grad()
+    def member_scores(self, w: torch.Tensor, m: MemberLayout, group: Group, grad=None, fisher=None) -> torch.Tensor:
+        """One member's contribution: the statistic summed per coordinate of ``group`` (float64;
+        Note [Member sums])."""
+        return _to_group(self.dim_sums(w, (m.dim,), grad, fisher)[m.dim], m, group)
 
     def combine(self, per_member: list) -> Optional[torch.Tensor]:
         """The group's scores from its members' (:meth:`member_scores`, in ``group.layouts`` order)."""
         if not per_member:
             return None
         return normalize(_REDUCTIONS[self.reduction](torch.stack(per_member)), self.normalizer)
+
+
+def _to_group(flat: torch.Tensor, m: MemberLayout, group: Group) -> torch.Tensor:
+    """Per-flat-index sums of a member's dim -> per-coordinate sums of ``group``."""
+    coords = m.layout.coordinate_map(group.atom)
+    mask = coords >= 0
+    return torch.zeros(group.size, dtype=torch.float64).index_add_(0, coords[mask], flat[mask])
 
 
 def _d(t):  # noqa: E704

@@ -38,11 +38,13 @@ from ..calib.allocation import coordinate_costs
 from .objective import split_by_objective
 from ..calib.sequential import sequential_repair
 from ..errors import MetaDeviceError
+from ..profile import attach_profile, phase, profiling
 from .budget import measured_plan
 from .counting import count_macs, count_params
 from .depth import BLOCK_CRITERIA, check_depth, score_blocks, select_blocks
 from .expressible import expressible
 from .importance import Random, Taylor, get_importance
+from .probe import TargetProbe
 from .selection import group_ratios, select_global, select_local
 from .stats import collect_stats
 
@@ -186,7 +188,7 @@ def score_groups(dg, importance="l2", *, data: Optional[Iterable] = None, loss_f
                              "(and loss_fn=lambda model, batch: loss if batches are not (x, y) for cross-entropy)")
         stats = collect_stats(runnable(dg.gm), data, loss_fn, fisher=getattr(crit, "needs_fisher", False),
                               per_batch=isinstance(crit, Taylor) and not crit.elementwise)
-    return {g: crit(dg, g, stats) for g in dg.groups}
+    return crit.score_all(dg, stats)
 
 
 def plan(dg, scores: dict, cfg: PruneConfig, ratio: Optional[float] = None, only=None) -> dict:
@@ -206,18 +208,27 @@ def plan(dg, scores: dict, cfg: PruneConfig, ratio: Optional[float] = None, only
 
 def _counter(cfg: PruneConfig, inputs, kwargs: Optional[dict] = None) -> Optional[Callable]:
     if cfg.target_macs is not None:
-        return lambda m: count_macs(m, inputs, kwargs)
+        return _timed(lambda m: count_macs(m, inputs, kwargs))
     if cfg.target_params is not None:
-        return count_params
+        return _timed(count_params)
     return None
 
 
+def _timed(count: Callable) -> Callable:
+    def counted(m):
+        with phase("counting"):
+            return count(m)
+    return counted
+
+
 def _search(dg, scores, cfg, counter, target: float, progress: bool = False, only=None) -> dict:
-    """Bisection on the ratio until ``counter(pruned)`` is within ``tolerance`` of ``target``."""
-    if counter(runnable(dg.gm)) <= target * (1 + cfg.tolerance):
+    """Bisection on the ratio until ``counter(pruned)`` is within ``tolerance`` of ``target``; probes are
+    counted on the meta device (Note [Meta probes] in ``fxprune/policy/probe.py``)."""
+    probe = TargetProbe(dg, counter, cfg.target_macs is not None)
+    if probe({}) <= target * (1 + cfg.tolerance):
         return {}
     lo, hi = 0.0, 1.0 - 1e-6
-    floor = counter(apply(dg, plan(dg, scores, cfg, hi, only), check=False))
+    floor = probe(plan(dg, scores, cfg, hi, only))
     if floor > target * (1 + cfg.tolerance):
         raise ValueError(f"target {target:.4g} is unreachable: pruning every prunable group as far as the "
                          f"limits allow (max_ratio, min_keep, round_to, ignore) leaves {floor}; "
@@ -227,7 +238,7 @@ def _search(dg, scores, cfg, counter, target: float, progress: bool = False, onl
         for _ in range(40):
             mid = (lo + hi) / 2
             best = plan(dg, scores, cfg, mid, only)
-            got = counter(apply(dg, best, check=False))
+            got = probe(best)
             bar.update(1)
             bar.set_postfix_str(f"ratio {mid:.3f}: {got:.4g} for {target:.4g}")
             if abs(got - target) <= cfg.tolerance * target:
@@ -324,30 +335,36 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
     cfg = dataclasses.replace(config, **options) if config is not None else PruneConfig(**options)
     crit = get_importance(cfg.importance)
     _refuse_meta(dg.model if isinstance(dg.model, nn.Module) else dg.gm, crit)
-    cal = calibration_for(dg, crit, cfg.repair, data, group_ratios(dg, cfg, cfg.max_ratio))
+    with phase("calibration" if needs_calibration(crit, cfg.repair) else "scoring"):
+        cal = calibration_for(dg, crit, cfg.repair, data, group_ratios(dg, cfg, cfg.max_ratio))
     if scores is None:
-        scores = score_groups(dg, crit, data=data, loss_fn=loss_fn,
-                              stats=cal if getattr(crit, "needs_calibration", False) else None)
+        with phase("scoring"):
+            scores = score_groups(dg, crit, data=data, loss_fn=loss_fn,
+                                  stats=cal if getattr(crit, "needs_calibration", False) else None)
     counter = _counter(cfg, dg.example_args, dg.example_kwargs)
     if counter is not None and target is None:
         source = dg.model if isinstance(dg.model, nn.Module) and not dg.lifted else runnable(dg.gm)
         target = _absolute(cfg.target_macs or cfg.target_params, counter(source))
     if cfg.uniform and not inplace:
         raise ValueError("uniform=True chooses widths a stock config describes, for in-place pruning: pass inplace=True")
-    only = expressible(dg, cfg.uniform) if inplace else None
-    keep = _search(dg, scores, cfg, counter, target, progress, only) if counter is not None else \
-        _by_objective(dg, scores, cfg, cal, data, only) or plan(dg, scores, cfg, only=only)
-    blocks = _depth(dg, cfg, data, loss_fn)
+    with phase("in-place trials" if inplace else "selection"):
+        only = expressible(dg, cfg.uniform) if inplace else None
+    with phase("selection"):
+        keep = _search(dg, scores, cfg, counter, target, progress, only) if counter is not None else \
+            _by_objective(dg, scores, cfg, cal, data, only) or plan(dg, scores, cfg, only=only)
+        blocks = _depth(dg, cfg, data, loss_fn)
     if cfg.sequential and blocks:
         raise ValueError("sequential repair together with depth pruning is not supported yet: prune the blocks "
                          "first (depth_ratio, sequential=False), then prune widths with sequential=True")
     if cfg.sequential:  # refit on a certified pruned copy; in place, its edits go into the user's model
         model = apply(dg, keep, check=check and not inplace)
-        fix = sequential_repair(dg, keep, model, data, cfg.repair, inplace_model=dg.model if inplace else None)
+        with phase("repair"):
+            fix = sequential_repair(dg, keep, model, data, cfg.repair, inplace_model=dg.model if inplace else None)
         if inplace:
             model = apply(dg, keep, check=check, inplace=True, repair=fix)
     else:
-        fix = repair_plan(dg, keep, cal, cfg.repair, inplace)
+        with phase("repair" if cfg.repair else "selection"):
+            fix = repair_plan(dg, keep, cal, cfg.repair, inplace)
         model = apply(dg, keep, check=check, inplace=inplace, repair=fix, blocks=blocks)
     if only is not None:
         model.__dict__[keys.EXPRESSIBLE_ATTR] = only
@@ -389,7 +406,8 @@ def _refuse_meta(model: nn.Module, crit) -> None:
 
 def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None, *,
           example_kwargs: Optional[dict] = None, data=None, loss_fn=None, callback: Optional[Callable] = None,
-          check: bool = True, progress: bool = False, inplace: bool = False, **options) -> fx.GraphModule:
+          check: bool = True, progress: bool = False, inplace: bool = False, profile: bool = False,
+          **options) -> fx.GraphModule:
     """Prune ``model`` structurally: score groups, pick channels, rewrite, certify. ``model`` is not modified,
     unless ``inplace=True``.
 
@@ -415,6 +433,10 @@ def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None
             left out and why are in ``model.fxprune_expressible`` (Note [Expressible pruning] in
             ``fxprune/policy/expressible.py``). ``uniform=True`` keeps one width per class across layers
             and a stock config.
+        profile: time the call by phase (capture, checked trace, analysis, scoring, selection, rewrite,
+            certificate, in-place trials, counting; Note [Phase timer] in ``fxprune/profile.py``): the
+            result carries the :class:`~fxprune.profile.Profile` as ``.fxprune_profile`` (and, for a
+            GraphModule, ``.meta["fxprune.profile"]``).
 
     Returns:
         The pruned ``fx.GraphModule`` (``model`` itself with ``inplace=True``): it trains like
@@ -437,6 +459,15 @@ def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None
         >>> abs(fxprune.count_macs(half, x) / fxprune.count_macs(net, x) - 0.5) <= 0.01
         True
     """
+    with profiling(profile) as prof:
+        result = _prune(model, example_inputs, config, example_kwargs, data, loss_fn, callback, check, progress,
+                        inplace, options)
+    attach_profile(result, prof)
+    return result
+
+
+def _prune(model, example_inputs, config, example_kwargs, data, loss_fn, callback, check, progress, inplace,
+           options) -> fx.GraphModule:
     from ..api import _as_inputs
     from ..checks.guard import own_inputs, refuse_unsupported, unwrap_compiled
 

@@ -148,6 +148,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tables", action="store_true", help="skip the per-group and per-layer tables")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, print only the summary line")
     p.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+    p.add_argument("--profile", action="store_true", help="print the wall time of capture, analysis and pruning by "
+                   "phase (checked trace, scoring, selection, rewrite, certificate, ...)")
     return p
 
 
@@ -491,9 +493,13 @@ def _run(args, say) -> tuple:
         args.no_verify, args.latency_runs = True, 0
         cfg = dataclasses.replace(cfg, importance=args.importance or "random")
     args.importance = args.importance or cfg.importance  # what the report names
-    dg, t_analyze = _analyse(args, m, cfg, say)
-    before = _measure_before(args, m, dg, cfg, say)
-    res = _prune(args, m, dg, cfg, say)
+    from ..profile import profiling
+    with profiling(args.profile) as prof:
+        dg, t_analyze = _analyse(args, m, cfg, say)
+        before = _measure_before(args, m, dg, cfg, say)
+        res = _prune(args, m, dg, cfg, say)
+    if prof is not None:
+        print(prof, flush=True)
     return _report(args, m, dg, res, before, t_analyze, cfg, say)
 
 
