@@ -18,13 +18,15 @@ import time
 from contextvars import ContextVar
 from typing import Iterator, Optional
 
+from fxprune.passes import keys
+
 __all__ = ["PHASES", "Profile", "phase", "profiling", "attach_profile", "PROFILE_KEY"]
 
 PHASES = ("capture", "checked trace", "analysis", "scoring", "selection", "rewrite", "certificate",
           "in-place trials", "counting")
-PROFILE_KEY = "fxprune.profile"
+PROFILE_KEY = keys.PROFILE
 
-_ACTIVE: ContextVar[Optional["Profile"]] = ContextVar("fxprune_profile", default=None)
+_ACTIVE: ContextVar[Optional["Profile"]] = ContextVar(keys.PROFILE_VAR, default=None)
 
 
 class Profile:
@@ -117,4 +119,4 @@ def attach_profile(model, prof: Optional[Profile]) -> None:
     meta = getattr(model, "meta", None)
     if isinstance(meta, dict):
         meta[PROFILE_KEY] = prof
-    model.__dict__["fxprune_profile"] = prof
+    model.__dict__[keys.PROFILE_ATTR] = prof

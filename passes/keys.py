@@ -27,14 +27,17 @@ TRAIN_REFUSED = "fxprune.train_refused"  # gm.meta: why the graph refuses train(
 EXAMPLE = "fxprune.example"  # gm.meta: (args, kwargs) the result was captured with, for fxprune.save
 CERTIFICATE = "fxprune.certificate"  # gm.meta: the permutation oracle's Certificate of the result
 REPAIR = "fxprune_repair"  # gm.meta and module attribute: the RepairReport written into the result
+PROFILE = "fxprune.profile"  # gm.meta: the phase Profile of a prune(profile=True) result (fxprune/profile.py)
 
 # --- attributes set on returned models ---
 CERTIFICATE_ATTR = "fxprune_certificate"  # the Certificate (same object as meta[CERTIFICATE]), any module
 EXPRESSIBLE_ATTR = "fxprune_expressible"  # in-place prune: which groups were left out and why
+PROFILE_ATTR = "fxprune_profile"  # the phase Profile of a prune(profile=True) result, any module
 TRAINING_LOG_ATTR = "_fxprune_training_log"  # transient, during capture: the .training read log
 
 # --- names inside saved files and process state ---
 SAVED_EXTRA = "fxprune.json"  # fxprune.save: the extra file of an exported program
 SAVED_PICKLE = "fxprune_pickled_model"  # fxprune.save: payload key of a pickled (non-exportable) model
 STRICT_VAR = "fxprune_strict"  # name of the strict-mode ContextVar (passes/errors.py)
+PROFILE_VAR = "fxprune_profile"  # name of the profiling ContextVar (fxprune/profile.py)
 USER_MODULE_PREFIX = "_fxprune_user_"  # sys.modules name prefix of a model file the zoo imports by path
