@@ -21,6 +21,7 @@ target, rewrite, certify); :func:`prune` is analyse + ``prune_step`` per step.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Union
 
@@ -41,8 +42,12 @@ from .expressible import expressible
 from .importance import Random, Taylor, get_importance
 from .selection import group_ratios, select_global, select_local
 from .stats import collect_stats
+from ..speed.runtimes import RUNTIMES
+from ..speed.search import check_speed, search_latency, snapper
 
 __all__ = ["PruneConfig", "PruneStep", "prune", "prune_step", "score_groups", "plan", "SCHEDULES"]
+
+_SNAP_TOLERANCE = 0.05  # the MACs/params tolerance when counts snap to fast widths
 
 SCHEDULES: dict = {
     "linear": lambda k, n, final: final * k / n,
@@ -82,6 +87,15 @@ class PruneConfig:
         uniform: with ``inplace=True``: every class of equivalent groups keeps one count across layers,
             and only what a stock config describes is pruned, so that plain ``from_pretrained`` loads the
             saved model (Note [Expressible pruning] in ``fxprune/policy/expressible.py``).
+        target_latency: reach this latency on ``runtime``: a fraction of the dense latency, or a time
+            (``"12ms"``); see Note [Latency targets] in ``fxprune/speed/search.py``.
+        runtime: ``"eager"``, ``"inductor"`` or ``"onnxruntime"``: the deploy runtime whose measured
+            latency table chooses widths (fast widths only, unless ``exact_widths``) and on which the
+            result is timed beside dense (``result.fxprune_latency``); default None (no timing), or
+            ``"eager"`` with ``target_latency``.
+        threads: CPU threads of ``runtime`` (None: torch's current count).
+        exact_widths: keep the exact counts the ratio/target gives instead of the fast widths.
+        latency_tolerance: relative tolerance of ``target_latency`` on the measured latency.
     """
 
     ratio: float = 0.5
@@ -102,6 +116,12 @@ class PruneConfig:
     repair: Optional[str] = None
     budget: str = "coordinates"
     uniform: bool = False
+    # latency (fxprune/speed): Note [Latency targets]
+    target_latency: Union[float, str, None] = None
+    runtime: Optional[str] = None
+    threads: Optional[int] = None
+    exact_widths: bool = False
+    latency_tolerance: float = 0.05
 
     def __post_init__(self):
         for name, r in [("ratio", self.ratio)] + [(f"ratios[{k!r}]", v) for k, v in self.ratios.items()]:
@@ -122,9 +142,27 @@ class PruneConfig:
                f"got {self.repair!r}")
         _check(self.budget in ("coordinates", "params"), f"budget must be 'coordinates' or 'params', "
                f"got {self.budget!r}")
+        self._check_latency()
         object.__setattr__(self, "ignore", name_list(self.ignore, "ignore"))
         object.__setattr__(self, "leaf_modules", name_list(self.leaf_modules, "leaf_modules"))
         get_importance(self.importance)  # unknown names fail here, not after analysis
+
+
+    def _check_latency(self) -> None:
+        if self.target_latency is not None and self.runtime is None:
+            object.__setattr__(self, "runtime", "eager")
+        _check(self.runtime is None or self.runtime in RUNTIMES, f"runtime must be one of {RUNTIMES}, "
+               f"got {self.runtime!r}")
+        _check(self.target_latency is None or (self.target_macs is None and self.target_params is None),
+               "set one target: target_latency, target_macs or target_params")
+        _check(self.target_latency is None or self.iterative_steps == 1, "target_latency prunes in one step: "
+               "use iterative_steps=1")
+        _check(isinstance(self.target_latency, (str, type(None))) or 0 < self.target_latency < 1,
+               f"target_latency is a fraction in (0, 1) of the dense latency or a time like '12ms', "
+               f"got {self.target_latency!r}")
+        _check(self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}")
+        _check(0.0 < self.latency_tolerance < 0.5, f"latency_tolerance must be in (0, 0.5), "
+               f"got {self.latency_tolerance}")
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -175,28 +213,42 @@ def _counter(cfg: PruneConfig, inputs, kwargs: Optional[dict] = None) -> Optiona
     return None
 
 
-def _search(dg, scores, cfg, counter, target: float, progress: bool = False, only=None) -> dict:
+def _planned(dg, scores, cfg, ratio, only, snap) -> dict:
+    keep = plan(dg, scores, cfg, ratio, only)
+    return snap(keep, scores) if snap is not None else keep
+
+
+def _search(dg, scores, cfg, counter, target: float, progress: bool = False, only=None, snap=None) -> dict:
     """Bisection on the ratio until ``counter(pruned)`` is within ``tolerance`` of ``target``."""
     if counter(runnable(dg.gm)) <= target * (1 + cfg.tolerance):
         return {}
     lo, hi = 0.0, 1.0 - 1e-6
-    floor = counter(apply(dg, plan(dg, scores, cfg, hi, only), check=False))
+    floor = counter(apply(dg, _planned(dg, scores, cfg, hi, only, snap), check=False))
     if floor > target * (1 + cfg.tolerance):
         raise ValueError(f"target {target:.4g} is unreachable: pruning every prunable group as far as the "
                          f"limits allow (max_ratio, min_keep, round_to, ignore) leaves {floor}; "
                          "relax the limits or raise the target")
-    closest = None
+    closest, memo = None, {}
     with tqdm(total=40, desc="target search", unit="probe", leave=False, disable=not progress) as bar:
         for _ in range(40):
             mid = (lo + hi) / 2
-            best = plan(dg, scores, cfg, mid, only)
-            got = counter(apply(dg, best, check=False))
+            best = _planned(dg, scores, cfg, mid, only, snap)
+            sig = tuple(sorted((g.index, len(k)) for g, k in best.items()))
+            got = memo[sig] if sig in memo else counter(apply(dg, best, check=False))
+            memo[sig] = got
             bar.update(1)
             bar.set_postfix_str(f"ratio {mid:.3f}: {got:.4g} for {target:.4g}")
             if abs(got - target) <= cfg.tolerance * target:
                 return best
-            closest = min(closest or (got, mid), (got, mid), key=lambda t: abs(t[0] - target))
+            closest = min(closest or (got, mid, best), (got, mid, best), key=lambda t: abs(t[0] - target))
             lo, hi = (mid, hi) if got > target else (lo, mid)
+            if snap is not None and hi - lo < 1e-3:
+                break
+    if snap is not None:  # fast widths are coarser than exact counts (Note [Latency table])
+        if abs(closest[0] - target) > _SNAP_TOLERANCE * target:
+            warnings.warn(f"target {target:.4g}: the closest count on fast widths is {closest[0]:.4g} "
+                          f"({closest[0] / target - 1:+.1%}); pass exact_widths=True for exact counts", stacklevel=4)
+        return closest[2]
     raise ValueError(f"target {target:.4g} is not reachable within {cfg.tolerance:.0%}: the closest count is "
                      f"{closest[0]} (ratio {closest[1]:.3f}); the groups are too coarse, try scope='global', "
                      "round_to=1 or a larger tolerance")
@@ -296,13 +348,30 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
     if cfg.uniform and not inplace:
         raise ValueError("uniform=True chooses widths a stock config describes, for in-place pruning: pass inplace=True")
     only = expressible(dg, cfg.uniform) if inplace else None
-    keep = _search(dg, scores, cfg, counter, target, progress, only) if counter is not None else \
-        plan(dg, scores, cfg, only=only)
+    keep, speed = _choose(dg, scores, cfg, counter, target, progress, only)
     fix = repair_plan(dg, keep, cal, cfg.repair, inplace)
     model = apply(dg, keep, check=check, inplace=inplace, repair=fix)
+    if cfg.runtime is not None:
+        model.__dict__["fxprune_latency"] = check_speed(dg, model, cfg, *speed)
     if only is not None:
         model.__dict__["fxprune_expressible"] = only
     return PruneStep(model, keep, target, getattr(model, "fxprune_certificate", None), only)
+
+
+def _choose(dg, scores, cfg, counter, target, progress, only) -> tuple:
+    """``(keep, (latency report, latency table))``: the latency search, or a ratio/target plan whose
+    counts snap to fast widths when a ``runtime`` is set (Note [Latency targets])."""
+    if cfg.target_latency is not None:
+        if only is not None and only.ties():
+            raise ValueError("target_latency chooses one width per group: it cannot keep uniform=True's "
+                             "tied widths; use target_macs with uniform=True")
+        allowed = group_ratios(dg, cfg, cfg.max_ratio, None if only is None else only.allowed())
+        keep, report = search_latency(dg, scores, cfg, allowed)
+        return keep, (report, None)
+    snap, table = snapper(dg, cfg) if cfg.runtime is not None and not cfg.exact_widths else (None, None)
+    if counter is not None:
+        return _search(dg, scores, cfg, counter, target, progress, only, snap), (None, table)
+    return _planned(dg, scores, cfg, None, only, snap), (None, table)
 
 
 def _refuse_meta(model: nn.Module, crit) -> None:
