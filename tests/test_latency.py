@@ -208,3 +208,41 @@ def test_onnx_runtime_matches_the_pruned_model(make):
     assert check_parity(small, sess, x) <= 1e-4
     run = get_runtime("onnxruntime", threads=1).prepare(small, x, check=True)
     assert torch.allclose(torch.from_numpy(run()[0]), small(*x), rtol=1e-4, atol=1e-5)
+
+
+def _write_model(tmp_path) -> str:
+    path = tmp_path / "lat_models.py"
+    path.write_text("import torch\nimport torch.nn as nn\n\n\ndef make():\n    torch.manual_seed(0)\n"
+                    "    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3),\n"
+                    "                         nn.ReLU(), nn.Conv2d(32, 4, 1)).eval(), (torch.randn(1, 3, 12, 12),)\n")
+    return f"{path}:make"
+
+
+def test_cli_target_latency_reports_efficiency_and_writes_onnx_and_plot(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("matplotlib")
+    from fxprune.speed.onnx import check_parity, ort_session
+    from fxprune.tools.cli import main
+    monkeypatch.setattr("fxprune.speed.table.layer_timer", lambda rt: _conv_timer)
+    onnx_path, png, saved = tmp_path / "small.onnx", tmp_path / "curve.png", tmp_path / "small.pt2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(["-q", _write_model(tmp_path), "--target-latency", "0.7", "--threads", "1", "--onnx",
+                     str(onnx_path), "--plot", str(png), "--save", str(saved), "--no-tables"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "on eager (efficiency" in out and "oracles exact" in out
+    assert png.stat().st_size > 0
+    small = fxprune.load(saved)
+    assert check_parity(small, ort_session(onnx_path.read_bytes()), (torch.randn(1, 3, 12, 12),)) <= 1e-4
+
+
+@pytest.mark.parametrize("argv", [["--target-latency", "0.5", "--target-macs", "0.5"],
+                                  ["--target-latency", "2"], ["--target-latency", "soon"],
+                                  ["--runtime", "tensorrt"]])
+def test_cli_latency_usage_errors_exit_2(argv, capsys):
+    from fxprune.tools.cli import main
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(["-q", "--no-verify", "--latency-runs", "0"] + argv)
+    assert code == 2, capsys.readouterr()

@@ -64,6 +64,7 @@ class LatencyReport:
     table_measured: int = 0
     table_layers: int = 0
     cache: Optional[str] = None
+    kinds: tuple = ()
 
     @property
     def ratio(self) -> float:
@@ -160,7 +161,7 @@ def search_latency(dg, scores: dict, cfg, allowed, timer: Optional[Callable] = N
         aim = min(max(aim * goal / (p / d), 0.02), 1.0)
     err, it, widths, d, p = min(tried, key=lambda t: t[0])
     report = LatencyReport(rt.name, rt.threads, d, p, goal * d, len(tried), table.build_s, table.measured,
-                           len(table.layers), table.path)
+                           len(table.used), table.path, table.used)
     if err > cfg.latency_tolerance:
         warnings.warn(f"target_latency {cfg.target_latency!r} not reached within {cfg.latency_tolerance:.0%}: "
                       f"the closest pruned model runs at {p / d:.1%} of dense for {goal:.1%} asked "
@@ -199,7 +200,7 @@ def check_speed(dg, model, cfg, report: Optional[LatencyReport] = None, table=No
         report = LatencyReport(rt.name, rt.threads, d, p)
         if table is not None:
             report.table_build_s, report.table_measured = table.build_s, table.measured
-            report.table_layers, report.cache = len(table.layers), table.path
+            report.table_layers, report.cache, report.kinds = len(table.used), table.path, table.used
     if report.slower:
         warnings.warn(f"the pruned model is not faster than the dense one on {report.runtime}: "
                       f"{report.pruned_s * 1e3:.2f} ms vs {report.dense_s * 1e3:.2f} ms. Prune with "

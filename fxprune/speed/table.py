@@ -79,6 +79,7 @@ class LatencyTable:
         measured: how many profiles this run measured (0: all from the cache).
         build_s: seconds spent measuring in this run.
         path: the cache file, or None when not cached.
+        used: the spec keys of the layers this build was asked for.
     """
 
     key: dict
@@ -86,6 +87,7 @@ class LatencyTable:
     measured: int = 0
     build_s: float = 0.0
     path: Optional[str] = None
+    used: tuple = ()
 
     def profile(self, spec, axis: str) -> tuple:
         """``(widths, enveloped seconds)`` of ``spec`` along ``axis``."""
@@ -178,6 +180,7 @@ def build_table(layers: list, runtime, timer: Optional[Callable] = None, cache: 
         if progress:
             progress(i + 1, len(todo))
     table.measured, table.build_s = len(todo), time.perf_counter() - t0
+    table.used = tuple(s.key() for s in specs)
     if todo:
         table.save()
     return table
