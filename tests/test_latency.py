@@ -246,3 +246,17 @@ def test_cli_latency_usage_errors_exit_2(argv, capsys):
         warnings.simplefilter("ignore")
         code = main(["-q", "--no-verify", "--latency-runs", "0"] + argv)
     assert code == 2, capsys.readouterr()
+
+
+def test_macs_target_with_a_runtime_lands_on_staircase_widths(monkeypatch):
+    # the knapsack chooses (conv "0" 4x slower per MAC than conv "2"), the MACs bisection meets the target
+    def timer(spec, w_in, w_out):
+        return 1e-6 * w_in * w_out * (4.0 if spec.in_ch == 3 else 1.0) * (9 if spec.kernel == (3, 3) else 1)
+    monkeypatch.setattr("fxprune.speed.table.layer_timer", lambda rt: timer)
+    net, x = _tiny()
+    small = fxprune.prune(net, x, target_macs=0.6, runtime="eager", threads=1, importance="random")
+    assert small.fxprune_certificate.passed
+    macs = fxprune.count_macs(small, x) / fxprune.count_macs(net, x)
+    assert abs(macs - 0.6) <= 0.05 * 0.6
+    w0, w1 = [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)][:2]
+    assert w0 in staircase(32) and w1 in staircase(32)

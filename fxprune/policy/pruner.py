@@ -43,7 +43,7 @@ from .importance import Random, Taylor, get_importance
 from .selection import group_ratios, select_global, select_local
 from .stats import collect_stats
 from ..speed.runtimes import RUNTIMES
-from ..speed.search import check_speed, search_latency, snapper
+from ..speed.search import check_speed, search_count, search_latency, snapper
 
 __all__ = ["PruneConfig", "PruneStep", "prune", "prune_step", "score_groups", "plan", "SCHEDULES"]
 
@@ -359,8 +359,9 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
 
 
 def _choose(dg, scores, cfg, counter, target, progress, only) -> tuple:
-    """``(keep, (latency report, latency table))``: the latency search, or a ratio/target plan whose
-    counts snap to fast widths when a ``runtime`` is set (Note [Latency targets])."""
+    """``(keep, (latency report, latency table))``: the latency search; with a ``runtime``, a MACs/params
+    target on the latency knapsack (Note [Counts on the latency knapsack] in ``fxprune/speed/search.py``)
+    or a ratio whose counts snap to fast widths; else the plain plan (Note [Latency targets])."""
     if cfg.target_latency is not None:
         if only is not None and only.ties():
             raise ValueError("target_latency chooses one width per group: it cannot keep uniform=True's "
@@ -368,6 +369,10 @@ def _choose(dg, scores, cfg, counter, target, progress, only) -> tuple:
         allowed = group_ratios(dg, cfg, cfg.max_ratio, None if only is None else only.allowed())
         keep, report = search_latency(dg, scores, cfg, allowed)
         return keep, (report, None)
+    if counter is not None and cfg.runtime is not None and not cfg.exact_widths and only is None:
+        allowed = group_ratios(dg, cfg, cfg.max_ratio)
+        keep, table = search_count(dg, scores, cfg, allowed, counter, target)
+        return keep, (None, table)
     snap, table = snapper(dg, cfg) if cfg.runtime is not None and not cfg.exact_widths else (None, None)
     if counter is not None:
         return _search(dg, scores, cfg, counter, target, progress, only, snap), (None, table)

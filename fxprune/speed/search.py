@@ -40,7 +40,7 @@ from .table import build_table
 from .timing import interleaved, time_call
 
 __all__ = ["LatencyReport", "SlowerThanDenseWarning", "parse_target", "latency_model", "search_latency",
-           "snapper", "measure"]
+           "search_count", "snapper", "measure"]
 
 _ITERATIONS = 6
 _ROUNDS = 5
@@ -168,6 +168,39 @@ def search_latency(dg, scores: dict, cfg, allowed, timer: Optional[Callable] = N
                       f"({len(tried)} tries); the groups' fast widths are too coarse or the machine too noisy",
                       stacklevel=3)
     return _keep(dg, scores, widths), report
+
+
+def search_count(dg, scores: dict, cfg, allowed, counter: Callable, target: float, timer: Optional[Callable] = None,
+                 cache: Optional[str] = "") -> tuple:
+    """``(keep, table)`` reaching a MACs/params ``target`` with the latency knapsack's widths.
+
+    Note [Counts on the latency knapsack]: with a ``runtime``, a MACs or parameter target is met by
+    bisecting the knapsack's *estimated* latency budget (Note [Latency knapsack]) until ``counter`` of
+    the pruned model is within ``tolerance`` (or, fast widths being coarse, 5%) of ``target``: the
+    coordinates that go first are those with the least importance per second saved, so the latency falls
+    faster than uniform pruning at the same count, and every width is fast. No whole-model timing is
+    needed to choose; the result is timed after (Note [Latency targets]).
+    """
+    rt = get_runtime(cfg.runtime or "eager", cfg.threads)
+    layers = find_layers(dg)
+    table = build_table(layers, rt, timer=timer, cache=cache)
+    lm = LatencyModel(layers, table, {g.index: g.size for g in dg.groups})
+    values = _values(dg, scores, allowed)
+    floors = {g.index: floor_of(g.size, cfg) for g in allowed}
+    full, lo, hi, tried = lm.estimate({}), 0.0, 1.0, []
+    for _ in range(16):
+        mid = (lo + hi) / 2
+        keep = _keep(dg, scores, allocate(lm, values, mid * full, floors)[0])
+        got = counter(apply(dg, keep, check=False))
+        tried.append((abs(got - target), got, keep))
+        if abs(got - target) <= cfg.tolerance * target:
+            break
+        lo, hi = (lo, mid) if got > target else (mid, hi)
+    err, got, keep = min(tried, key=lambda t: t[0])
+    if err > max(cfg.tolerance, 0.05) * target:
+        warnings.warn(f"target {target:.4g}: the closest count on the latency knapsack's widths is {got:.4g} "
+                      f"({got / target - 1:+.1%}); pass exact_widths=True for exact counts", stacklevel=4)
+    return keep, table
 
 
 def snapper(dg, cfg, timer: Optional[Callable] = None, cache: Optional[str] = "") -> tuple:
