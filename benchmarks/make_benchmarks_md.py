@@ -434,6 +434,7 @@ REPORTS = [  # (file under benchmarks/, the command that writes it)
     ("HF.md", "python benchmarks/bench_hf.py"),
     ("QUALITY.md", "python benchmarks/bench_quality.py"),
     ("STREAM.md", "python benchmarks/bench_stream.py"),
+    ("LATENCY.md", "python benchmarks/bench_latency.py"),
 ]
 
 
@@ -449,7 +450,8 @@ def collected() -> str:
         with open(path) as f:
             body = f.read().strip().splitlines()
         body = [("#" + line) if line.startswith("#") else line for line in body]  # demote its headings
-        body = [line.replace("](quality_lm.png)", "](benchmarks/quality_lm.png)") for line in body]
+        body = [line.replace("](quality_lm.png)", "](benchmarks/quality_lm.png)")
+                .replace("](latency.png)", "](benchmarks/latency.png)") for line in body]
         parts += ["", *body]
     return "\n".join(parts) + "\n"
 
