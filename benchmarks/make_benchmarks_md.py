@@ -435,6 +435,9 @@ REPORTS = [  # (file under benchmarks/, the command that writes it)
     ("QUALITY.md", "python benchmarks/bench_quality.py"),
     ("STREAM.md", "python benchmarks/bench_stream.py"),
     ("MEMORY.md", "python benchmarks/bench_memory.py"),
+    ("LATENCY.md", "python benchmarks/bench_latency.py"),
+    ("DEPTH.md", "python benchmarks/bench_depth.py"),
+    ("SPEED.md", "python benchmarks/bench_analysis.py; python benchmarks/bench_certificate.py --models e2e"),
 ]
 
 
@@ -450,7 +453,8 @@ def collected() -> str:
         with open(path) as f:
             body = f.read().strip().splitlines()
         body = [("#" + line) if line.startswith("#") else line for line in body]  # demote its headings
-        body = [line.replace("](quality_lm.png)", "](benchmarks/quality_lm.png)") for line in body]
+        body = [line.replace("](quality_lm.png)", "](benchmarks/quality_lm.png)")
+                .replace("](latency.png)", "](benchmarks/latency.png)") for line in body]
         parts += ["", *body]
     return "\n".join(parts) + "\n"
 

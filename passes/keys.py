@@ -32,6 +32,7 @@ PROFILE = "fxprune.profile"  # gm.meta: the phase Profile of a prune(profile=Tru
 # --- attributes set on returned models ---
 CERTIFICATE_ATTR = "fxprune_certificate"  # the Certificate (same object as meta[CERTIFICATE]), any module
 EXPRESSIBLE_ATTR = "fxprune_expressible"  # in-place prune: which groups were left out and why
+LATENCY_ATTR = "fxprune_latency"  # prune(runtime=...): the LatencyReport, dense vs pruned on the runtime
 PROFILE_ATTR = "fxprune_profile"  # the phase Profile of a prune(profile=True) result, any module
 TRAINING_LOG_ATTR = "_fxprune_training_log"  # transient, during capture: the .training read log
 

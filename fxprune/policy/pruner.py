@@ -21,6 +21,7 @@ target, rewrite, certify); :func:`prune` is analyse + ``prune_step`` per step.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Union
 
@@ -47,8 +48,12 @@ from .importance import Random, Taylor, get_importance
 from .probe import TargetProbe
 from .selection import group_ratios, select_global, select_local
 from .stats import collect_stats
+from ..speed.runtimes import RUNTIMES
+from ..speed.search import check_speed, search_count, search_latency, snapper
 
 __all__ = ["PruneConfig", "PruneStep", "prune", "prune_step", "score_groups", "plan", "SCHEDULES"]
+
+_SNAP_TOLERANCE = 0.05  # the MACs/params tolerance when counts snap to fast widths
 
 SCHEDULES: dict = {
     "linear": lambda k, n, final: final * k / n,
@@ -103,6 +108,15 @@ class PruneConfig:
             the least calibration output error after ``repair``, the parameters removed matched; needs
             ``data``; Note [Width split by objective] in ``fxprune/policy/objective.py``), ``"auto"``:
             ``"objective"`` with ``uniform=True`` when ``data`` calibrates, else ``"ratio"``.
+        target_latency: reach this latency on ``runtime``: a fraction of the dense latency, or a time
+            (``"12ms"``); see Note [Latency targets] in ``fxprune/speed/search.py``.
+        runtime: ``"eager"``, ``"inductor"`` or ``"onnxruntime"``: the deploy runtime whose measured
+            latency table chooses widths (fast widths only, unless ``exact_widths``) and on which the
+            result is timed beside dense (``result.fxprune_latency``); default None (no timing), or
+            ``"eager"`` with ``target_latency``.
+        threads: CPU threads of ``runtime`` (None: torch's current count).
+        exact_widths: keep the exact counts the ratio/target gives instead of the fast widths.
+        latency_tolerance: relative tolerance of ``target_latency`` on the measured latency.
     """
 
     ratio: float = 0.5
@@ -130,6 +144,12 @@ class PruneConfig:
     # ratio (Note [Width split by objective] in fxprune/policy/objective.py)
     sequential: bool = False
     split: str = "auto"
+    # latency (fxprune/speed): Note [Latency targets]
+    target_latency: Union[float, str, None] = None
+    runtime: Optional[str] = None
+    threads: Optional[int] = None
+    exact_widths: bool = False
+    latency_tolerance: float = 0.05
 
     def __post_init__(self):
         for name, r in [("ratio", self.ratio)] + [(f"ratios[{k!r}]", v) for k, v in self.ratios.items()]:
@@ -153,6 +173,7 @@ class PruneConfig:
         _check(not self.sequential or self.repair, "sequential=True refits layers one after the other: "
                "set repair='lstsq' (or 'bias') too")
         _check(self.split in ("auto", "ratio", "objective"), f"split must be auto/ratio/objective, got {self.split!r}")
+        self._check_latency()
         object.__setattr__(self, "ignore", name_list(self.ignore, "ignore"))
         object.__setattr__(self, "leaf_modules", name_list(self.leaf_modules, "leaf_modules"))
         get_importance(self.importance)  # unknown names fail here, not after analysis
@@ -161,6 +182,23 @@ class PruneConfig:
                f"got {self.block_importance!r}")
         _check(self.depth_ratio is None or self.iterative_steps == 1, "depth_ratio removes blocks in one step: "
                "use iterative_steps=1")
+
+
+    def _check_latency(self) -> None:
+        if self.target_latency is not None and self.runtime is None:
+            object.__setattr__(self, "runtime", "eager")
+        _check(self.runtime is None or self.runtime in RUNTIMES, f"runtime must be one of {RUNTIMES}, "
+               f"got {self.runtime!r}")
+        _check(self.target_latency is None or (self.target_macs is None and self.target_params is None),
+               "set one target: target_latency, target_macs or target_params")
+        _check(self.target_latency is None or self.iterative_steps == 1, "target_latency prunes in one step: "
+               "use iterative_steps=1")
+        _check(isinstance(self.target_latency, (str, type(None))) or 0 < self.target_latency < 1,
+               f"target_latency is a fraction in (0, 1) of the dense latency or a time like '12ms', "
+               f"got {self.target_latency!r}")
+        _check(self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}")
+        _check(0.0 < self.latency_tolerance < 0.5, f"latency_tolerance must be in (0, 0.5), "
+               f"got {self.latency_tolerance}")
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -221,14 +259,20 @@ def _timed(count: Callable) -> Callable:
     return counted
 
 
-def _search(dg, scores, cfg, counter, target: float, progress: bool = False, only=None) -> dict:
+def _planned(dg, scores, cfg, ratio, only, snap) -> dict:
+    keep = plan(dg, scores, cfg, ratio, only)
+    return snap(keep, scores) if snap is not None else keep
+
+
+def _search(dg, scores, cfg, counter, target: float, progress: bool = False, only=None, snap=None) -> dict:
     """Bisection on the ratio until ``counter(pruned)`` is within ``tolerance`` of ``target``; probes are
-    counted on the meta device (Note [Meta probes] in ``fxprune/policy/probe.py``)."""
+    counted on the meta device (Note [Meta probes] in ``fxprune/policy/probe.py``); ``snap`` moves each
+    count to a fast width (Note [Latency table])."""
     probe = TargetProbe(dg, counter, cfg.target_macs is not None)
     if probe({}) <= target * (1 + cfg.tolerance):
         return {}
     lo, hi = 0.0, 1.0 - 1e-6
-    floor = probe(plan(dg, scores, cfg, hi, only))
+    floor = probe(_planned(dg, scores, cfg, hi, only, snap))
     if floor > target * (1 + cfg.tolerance):
         raise ValueError(f"target {target:.4g} is unreachable: pruning every prunable group as far as the "
                          f"limits allow (max_ratio, min_keep, round_to, ignore) leaves {floor}; "
@@ -237,14 +281,21 @@ def _search(dg, scores, cfg, counter, target: float, progress: bool = False, onl
     with tqdm(total=40, desc="target search", unit="probe", leave=False, disable=not progress) as bar:
         for _ in range(40):
             mid = (lo + hi) / 2
-            best = plan(dg, scores, cfg, mid, only)
+            best = _planned(dg, scores, cfg, mid, only, snap)
             got = probe(best)
             bar.update(1)
             bar.set_postfix_str(f"ratio {mid:.3f}: {got:.4g} for {target:.4g}")
             if abs(got - target) <= cfg.tolerance * target:
                 return best
-            closest = min(closest or (got, mid), (got, mid), key=lambda t: abs(t[0] - target))
+            closest = min(closest or (got, mid, best), (got, mid, best), key=lambda t: abs(t[0] - target))
             lo, hi = (mid, hi) if got > target else (lo, mid)
+            if snap is not None and hi - lo < 1e-3:
+                break
+    if snap is not None:  # fast widths are coarser than exact counts (Note [Latency table])
+        if abs(closest[0] - target) > _SNAP_TOLERANCE * target:
+            warnings.warn(f"target {target:.4g}: the closest count on fast widths is {closest[0]:.4g} "
+                          f"({closest[0] / target - 1:+.1%}); pass exact_widths=True for exact counts", stacklevel=4)
+        return closest[2]
     raise ValueError(f"target {target:.4g} is not reachable within {cfg.tolerance:.0%}: the closest count is "
                      f"{closest[0]} (ratio {closest[1]:.3f}); the groups are too coarse, try scope='global', "
                      "round_to=1 or a larger tolerance")
@@ -350,8 +401,7 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
     with phase("in-place trials" if inplace else "selection"):
         only = expressible(dg, cfg.uniform) if inplace else None
     with phase("selection"):
-        keep = _search(dg, scores, cfg, counter, target, progress, only) if counter is not None else \
-            _by_objective(dg, scores, cfg, cal, data, only) or plan(dg, scores, cfg, only=only)
+        keep, speed = _choose(dg, scores, cfg, counter, target, progress, only, cal, data)
         blocks = _depth(dg, cfg, data, loss_fn)
     if cfg.sequential and blocks:
         raise ValueError("sequential repair together with depth pruning is not supported yet: prune the blocks "
@@ -366,6 +416,8 @@ def prune_step(dg, config: Optional[PruneConfig] = None, *, target: Optional[flo
         with phase("repair" if cfg.repair else "selection"):
             fix = repair_plan(dg, keep, cal, cfg.repair, inplace)
         model = apply(dg, keep, check=check, inplace=inplace, repair=fix, blocks=blocks)
+    if cfg.runtime is not None:
+        model.__dict__[keys.LATENCY_ATTR] = check_speed(dg, model, cfg, *speed)
     if only is not None:
         model.__dict__[keys.EXPRESSIBLE_ATTR] = only
     return PruneStep(model, keep, target, getattr(model, keys.CERTIFICATE_ATTR, None), only,
@@ -392,6 +444,31 @@ def _by_objective(dg, scores: dict, cfg: PruneConfig, cal, data, only) -> Option
     if cal is None or not cal.gram:
         cal = calibrate(dg, data, gram=True, groups=list(ratios))
     return split_by_objective(dg, scores, ratios, cfg.ratio, cfg, cal, ties, rounding, cfg.repair)
+
+
+def _choose(dg, scores, cfg, counter, target, progress, only, cal=None, data=None) -> tuple:
+    """``(keep, (latency report, latency table))``: the latency search; with a ``runtime``, a MACs/params
+    target on the latency knapsack (Note [Counts on the latency knapsack] in ``fxprune/speed/search.py``)
+    or a ratio whose counts snap to fast widths; else the plain plan (Note [Latency targets])."""
+    if cfg.target_latency is not None:
+        if only is not None and only.ties():
+            raise ValueError("target_latency chooses one width per group: it cannot keep uniform=True's "
+                             "tied widths; use target_macs with uniform=True")
+        allowed = group_ratios(dg, cfg, cfg.max_ratio, None if only is None else only.allowed())
+        keep, report = search_latency(dg, scores, cfg, allowed)
+        return keep, (report, None)
+    if counter is not None and cfg.runtime is not None and not cfg.exact_widths and only is None:
+        allowed = group_ratios(dg, cfg, cfg.max_ratio)
+        keep, table = search_count(dg, scores, cfg, allowed, counter, target)
+        return keep, (None, table)
+    snap, table = snapper(dg, cfg) if cfg.runtime is not None and not cfg.exact_widths else (None, None)
+    if counter is not None:
+        return _search(dg, scores, cfg, counter, target, progress, only, snap), (None, table)
+    if snap is None:
+        by_objective = _by_objective(dg, scores, cfg, cal, data, only)
+        if by_objective:
+            return by_objective, (None, table)
+    return _planned(dg, scores, cfg, None, only, snap), (None, table)
 
 
 def _refuse_meta(model: nn.Module, crit) -> None:

@@ -25,6 +25,8 @@ from typing import Optional
 
 import torch
 
+from fxprune.passes import keys
+
 __all__ = ["main", "EXIT_CODES"]
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_CAPTURE, EXIT_MODEL, EXIT_OUTPUT, EXIT_MISSING = 0, 1, 2, 3, 4, 5, 6
@@ -39,8 +41,8 @@ EXIT_CODES = {
                   "one fxprune refuses (quantization-aware, quantized, parametrized, or writes its input)",
     EXIT_MODEL: "the model does not run on its example inputs (wrong shape or rank, unsupported input or "
                 "output kind) or is on the meta device where values are needed",
-    EXIT_OUTPUT: "cannot write --save/--plot/--out: missing directory, no permission, disk full (nothing is "
-                 "left behind), model not serializable",
+    EXIT_OUTPUT: "cannot write --save/--plot/--out/--onnx: missing directory, no permission, disk full (nothing "
+                 "is left behind), model not serializable (or its ONNX export computes something else)",
     EXIT_MISSING: "a missing optional package (torchvision, timm, matplotlib)",
     EXIT_MEMORY: "--in-memory: the in-memory path's estimated peak exceeds free memory (drop it to stream), "
                  "or an allocation failed",
@@ -94,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--block-importance", default="angular", metavar="NAME",
                    help="how blocks are ranked: angular (default; on --calib batches, else the example input), "
                         "cosine, loss (needs --calib-batches), last, random")
+    amount.add_argument("--target-latency", metavar="X",
+                        help="reach latency X on --runtime (default eager): a fraction of the dense latency "
+                             "(0.5) or a time (12ms); measured, cached latency table + knapsack + timing")
+    p.add_argument("--runtime", choices=["eager", "inductor", "onnxruntime"], default=None,
+                   help="deploy runtime: widths come from its measured fast widths and the report times dense "
+                        "vs pruned on it (with --threads, default all); onnxruntime needs fxprune[onnx]")
+    p.add_argument("--onnx", metavar="FILE", help="export the pruned model to ONNX here (torch.onnx.export), "
+                   "outputs checked against PyTorch with ONNX Runtime when installed")
     p.add_argument("--tolerance", type=float, default=0.01,
                    help="relative tolerance of --target-macs/--target-params (default 0.01)")
     p.add_argument("--importance", default=None,
@@ -162,11 +172,12 @@ class _Fail(Exception):
 def _exit_for():
     """(exception class, exit code), first match wins: which failure is which."""
     from ..errors import CaptureError, ExampleInputError, MetaDeviceError, OracleMismatchError, SaveError
+    from ..speed.onnx import OnnxParityError
     from .zoo import MissingPackageError, SpecError
     return [(OracleMismatchError, EXIT_MISMATCH), (MissingPackageError, EXIT_MISSING), (SpecError, EXIT_USAGE),
             (CaptureError, EXIT_CAPTURE), (ExampleInputError, EXIT_MODEL), (MetaDeviceError, EXIT_MODEL),
-            (SaveError, EXIT_OUTPUT), (OSError, EXIT_OUTPUT), (ValueError, EXIT_USAGE), (KeyError, EXIT_USAGE),
-            (MemoryError, EXIT_MEMORY)]
+            (SaveError, EXIT_OUTPUT), (OnnxParityError, EXIT_OUTPUT), (OSError, EXIT_OUTPUT), (ValueError, EXIT_USAGE),
+            (KeyError, EXIT_USAGE), (MemoryError, EXIT_MEMORY)]
 
 
 def _exit_code(e: BaseException) -> int:
@@ -207,9 +218,21 @@ def _config(args):
                            tolerance=args.tolerance,
                            iterative_steps=args.iterative_steps, leaf_modules=tuple(args.leaf), repair=args.repair,
                            uniform=args.uniform, depth_ratio=args.depth_ratio,
-                           block_importance=args.block_importance, sequential=args.sequential)
+                           block_importance=args.block_importance, sequential=args.sequential,
+                           **_latency_options(args))
     except (ValueError, TypeError, KeyError) as e:
         raise _Fail(EXIT_USAGE, str(e).strip("'\""))
+
+
+def _latency_options(args) -> dict:
+    if args.target_latency is None and args.runtime is None:
+        return {}
+    target = args.target_latency
+    try:
+        target = float(target)
+    except (TypeError, ValueError):
+        pass
+    return {"target_latency": target, "runtime": args.runtime or "eager", "threads": args.threads}
 
 
 def _check_options(args, cfg) -> None:
@@ -233,7 +256,12 @@ def _check_options(args, cfg) -> None:
         raise _Fail(EXIT_USAGE, "--threads must be >= 1")
     if args.uniform and not args.out:
         raise _Fail(EXIT_USAGE, "--uniform chooses widths plain transformers loads: use it with --out DIR")
-    for flag, path in (("--save", args.save), ("--plot", args.plot), ("--out", args.out)):  # fail now
+    if cfg.runtime == "onnxruntime" or args.onnx:
+        import importlib.util
+        if importlib.util.find_spec("onnx") is None or (cfg.runtime and importlib.util.find_spec("onnxruntime") is None):
+            raise _Fail(EXIT_MISSING, "--runtime onnxruntime / --onnx need the onnx extra: pip install 'fxprune[onnx]'")
+    for flag, path in (("--save", args.save), ("--plot", args.plot), ("--out", args.out),
+                       ("--onnx", args.onnx)):  # fail now
         folder = os.path.dirname(os.path.abspath(path)) if path else None
         if folder and not os.path.isdir(folder):
             raise _Fail(EXIT_OUTPUT, f"{flag} {path}: the directory {folder} does not exist; create it first")
@@ -445,25 +473,32 @@ def _report(args, m: _Loaded, dg, res: _Pruned, before: _Before, t_analyze: floa
     after = count(res.model, m.args, kw)
     counts = (before.count.params, before.count.macs, after.params, after.macs)
     lat = None
-    if args.latency_runs:
+    speed = getattr(res.model, keys.LATENCY_ATTR, None)
+    if speed is not None:  # timed already, dense and pruned interleaved on the runtime
+        lat = (speed.dense_s * 1e3, speed.pruned_s * 1e3)
+        say(speed.summary())
+    elif args.latency_runs:
         lat = (before.latency, latency(res.model, m.args, kw, repeats=args.latency_runs)["median_ms"])
     shapes = (before.outputs, output_shapes(res.model, m.args, kw))
     if not args.quiet:
         print_tables(args, dg, res, t_analyze, cfg, (before, after), shapes, lat, before.report)
-    _write_outputs(args, m, res, say)
+    _write_outputs(args, m, res, say, counts)
     report = before.report
     passed = report is None or (report.passed and shapes[0] == shapes[1])
     status = ("not run (--no-verify)" if args.no_verify else "not run (model too large: certificate only)") \
         if report is None else "exact" if passed else "MISMATCH"
-    lat_s = f", latency {lat[0]:.2f} -> {lat[1]:.2f} ms" if lat else ""
     p0, macs0, p1, macs1 = counts
+    lat_s = f", latency {lat[0]:.2f} -> {lat[1]:.2f} ms" if lat else ""
+    if lat and macs1:
+        where = f" on {speed.runtime}" if speed is not None else ""
+        lat_s += f"{where} (efficiency {(lat[0] / lat[1]) / (macs0 / macs1):.2f})"
     depth = f", {len(res.blocks)} blocks removed" if res.blocks else ""
     summary = (f"{m.label}: {len(dg.groups)} groups{depth}, params {p0} -> {p1} ({p1 / p0:.1%}), "
                f"MACs {si(macs0)} -> {si(macs1)}{lat_s}, oracles {status}")
     return summary, (EXIT_OK if passed else EXIT_MISMATCH)
 
 
-def _write_outputs(args, m: _Loaded, res: _Pruned, say) -> None:
+def _write_outputs(args, m: _Loaded, res: _Pruned, say, counts=None) -> None:
     from ..io import save
     if args.out:
         from ..hf.output import write_outputs
@@ -471,10 +506,32 @@ def _write_outputs(args, m: _Loaded, res: _Pruned, say) -> None:
     if args.save:
         say(f"saving to {args.save}")
         say(f"saved as {save(res.model, args.save, m.args, m.kwargs)}")
-    if args.plot:
+    if args.onnx:
+        _write_onnx(args.onnx, res.model, m, say)
+    speed = getattr(res.model, keys.LATENCY_ATTR, None)
+    if args.plot and speed is not None and speed.cache and os.path.exists(speed.cache):
+        from ..speed.plot import plot_latency
+        point = (counts[3] / counts[1], speed.ratio) if counts and counts[1] else None
+        n = plot_latency(speed.cache, args.plot, point, title=f"{m.label}: latency vs MACs on {speed.runtime}",
+                         kinds=speed.kinds)
+        say(f"plotted the latency/MACs curves of {n} layer kinds to {args.plot}")
+    elif args.plot:
         from .plot import plot_widths
         n = plot_widths(m.model, res.model, args.plot, title=f"{m.label}: per-layer widths")
         say(f"plotted {n} layers to {args.plot}")
+
+
+def _write_onnx(path: str, model, m: _Loaded, say) -> None:
+    import importlib.util
+    from ..speed.onnx import check_parity, export_onnx, ort_session
+    if m.kwargs:
+        raise _Fail(EXIT_USAGE, "--onnx exports positional inputs only; this model takes keyword inputs")
+    data = export_onnx(model, m.args, path)
+    if importlib.util.find_spec("onnxruntime") is not None:
+        err = check_parity(model.eval(), ort_session(data), m.args)
+        say(f"exported to {path}; ONNX Runtime matches PyTorch (relative error {err:.1e})")
+    else:
+        say(f"exported to {path} (onnxruntime not installed: outputs not checked)")
 
 
 def _run(args, say) -> tuple:
