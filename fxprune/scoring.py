@@ -43,6 +43,11 @@ _NORMALIZERS: dict = {
 }
 
 
+def top_indices(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """The indices of the ``n`` largest ``scores``, in increasing order (a keep)."""
+    return torch.sort(torch.topk(scores, n).indices).values
+
+
 def normalize(scores: torch.Tensor, how: Optional[str]) -> torch.Tensor:
     """Normalize one group's scores: ``mean``, ``max``, ``sum``, ``standardize``, ``lamp`` or None."""
     if how not in _NORMALIZERS:

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from ..graph import DependencyGraph, Group
+from ..scoring import top_indices as _top
 from .factored import components, innermost, split_counts
 
 __all__ = ["ignored_groups", "factor_roles", "group_ratios", "n_keep", "select_local", "select_global",
@@ -140,10 +141,6 @@ def n_keep(size: int, ratio: float, cfg) -> int:
     if cfg.round_to > 1:
         n = math.ceil(n / cfg.round_to) * cfg.round_to
     return min(n, size)
-
-
-def _top(scores: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.sort(torch.topk(scores, n).indices).values
 
 
 def _tied(scores: dict, ratios: dict, ties) -> tuple:

@@ -115,7 +115,7 @@ def latency_model(dg, runtime, cache: Optional[str] = "", timer: Optional[Callab
 
 
 def _keep(dg, scores: dict, widths: dict) -> dict:
-    from ..policy.selection import _top
+    from ..scoring import top_indices as _top
     by_index = {g.index: g for g in dg.groups}
     return {by_index[i]: _top(scores[by_index[i]], w) for i, w in widths.items()}
 
@@ -206,7 +206,7 @@ def search_count(dg, scores: dict, cfg, allowed, counter: Callable, target: floa
 def snapper(dg, cfg, timer: Optional[Callable] = None, cache: Optional[str] = "") -> tuple:
     """``(snap, table)``: ``snap(keep, scores)`` raises every group's count to its smallest fast width
     at least as large (Note [Latency table]), re-taking its best coordinates."""
-    from ..policy.selection import _top
+    from ..scoring import top_indices as _top
     rt = get_runtime(cfg.runtime or "eager", cfg.threads)
     layers = find_layers(dg)
     table = build_table(layers, rt, timer=timer, cache=cache)

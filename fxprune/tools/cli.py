@@ -510,7 +510,7 @@ def _write_outputs(args, m: _Loaded, res: _Pruned, say, counts=None) -> None:
         _write_onnx(args.onnx, res.model, m, say)
     speed = getattr(res.model, keys.LATENCY_ATTR, None)
     if args.plot and speed is not None and speed.cache and os.path.exists(speed.cache):
-        from ..speed.plot import plot_latency
+        from .latency_plot import plot_latency
         point = (counts[3] / counts[1], speed.ratio) if counts and counts[1] else None
         n = plot_latency(speed.cache, args.plot, point, title=f"{m.label}: latency vs MACs on {speed.runtime}",
                          kinds=speed.kinds)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from ..io import atomic_write
-from ..tools.zoo import MissingPackageError
+from .zoo import MissingPackageError
 from .table import envelope
 
 __all__ = ["plot_latency"]
