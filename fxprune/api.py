@@ -14,7 +14,7 @@ from .capture import capture
 from .capture.frontends import capture_exported
 from .capture.modes import refuse_train, restore_flags, training_flags
 from .checks.certificate import attach, certify
-from .checks.guard import own_inputs, refuse_unsupported, unwrap_compiled, written_inputs
+from .checks.guard import explain_copy_failure, own_inputs, refuse_unsupported, unwrap_compiled, written_inputs
 from .errors import CaptureError, GroupMismatchError, KeepIndicesError
 from .graph import DependencyGraph, Group
 from .profile import phase
@@ -95,7 +95,7 @@ def analyze(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = N
     inputs, example_kwargs, versions = own_inputs(model, _as_inputs(example_inputs), example_kwargs)
     leaves = _check_leaves(model, leaf_modules)
     try:
-        with phase("capture"):
+        with phase("capture"), explain_copy_failure(model):
             cap = _capture(model, inputs, leaves, example_kwargs, fold)
     except Exception:
         written_inputs(model, versions, inputs, example_kwargs)  # the model's own writes, not a capture bug

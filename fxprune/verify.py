@@ -15,6 +15,7 @@ from torch.utils._pytree import tree_map
 from fxprune.passes import fold_registry
 
 from .api import analyze
+from .checks.guard import explain_copy_failure
 from .checks.oracles import VerifyReport, _check_folded_capture, _refuse_meta, run_oracles
 from .checks.precision import cast_value, promote_casts
 
@@ -55,7 +56,8 @@ def verify(model: nn.Module, example_inputs, example_kwargs: Optional[dict] = No
         True
     """
     _refuse_meta(model, example_inputs)
-    model64 = copy.deepcopy(model).double().eval()
+    with explain_copy_failure(model):
+        model64 = copy.deepcopy(model).double().eval()
     inputs = tree_map(cast_value, tuple(example_inputs) if not isinstance(example_inputs, torch.Tensor)
                       else (example_inputs,))
     kwargs = tree_map(cast_value, dict(example_kwargs or {}))

@@ -13,8 +13,12 @@ cannot prune what it cannot see. So, before the first forward:
   update ``min_val``/``max_val``/``scale`` on every forward, eval mode included)
   and quantized ones (``quantize_dynamic``: packed int8 weights) are refused;
 * parametrized modules (``torch.nn.utils.parametrize``, ``parametrizations.weight_norm``,
-  ``spectral_norm``, ``orthogonal``) are refused: the weight the forward uses is
-  computed, so pruning the stored tensors is not pruning the weight;
+  ``spectral_norm``, ``orthogonal``) cannot be deep-copied, so a pruned *copy* of such a
+  model is refused with the fix named (``explain_copy_failure``: torch's raw
+  "Serialization of parametrized modules" error becomes an ``UnsupportedModelError``).
+  Where no copy is needed (in-place pruning, an exported graph) the computed weight is
+  analysed like any computation: the rules pin what it mixes (a weight norm's reduction
+  over channels), so slicing the stored tensors never changes the weight wrongly;
 * the example inputs are cloned (a GraphModule's are not: they may be the
   model's own parameters and buffers, lifted by torch.compile), so a forward that writes its input (``x.mul_(2)``)
   never changes the caller's tensors; if the model wrote them during capture, the
@@ -22,6 +26,8 @@ cannot prune what it cannot see. So, before the first forward:
   oracle mismatch blamed on a rule.
 """
 from __future__ import annotations
+
+import contextlib
 
 from typing import Optional
 
@@ -31,7 +37,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import CaptureError
 
-__all__ = ["UnsupportedModelError", "InputMutationError", "unwrap_compiled", "refuse_unsupported", "own_inputs",
+__all__ = ["UnsupportedModelError", "InputMutationError", "unwrap_compiled", "refuse_unsupported", "explain_copy_failure", "own_inputs",
            "written_inputs"]
 
 
@@ -82,10 +88,32 @@ def refuse_unsupported(model) -> None:
     if not isinstance(model, nn.Module):
         return
     for name, m in model.named_modules():
-        why = _quantization(m) or _parametrized(m)
+        why = _quantization(m)
         if why:
-            where = f"module {name!r} ({type(m).__name__})" if name else type(m).__name__
-            raise UnsupportedModelError(f"{type(model).__name__} cannot be pruned: {where}: {why}")
+            raise UnsupportedModelError(f"{type(model).__name__} cannot be pruned: {_where(name, m)}: {why}")
+
+
+def _where(name: str, m: nn.Module) -> str:
+    return f"module {name!r} ({type(m).__name__})" if name else type(m).__name__
+
+
+@contextlib.contextmanager
+def explain_copy_failure(model):
+    """Parametrized modules (weight_norm, spectral_norm, orthogonal, parametrize) cannot be deep-copied, and
+    a pruned copy needs one: torch's ``RuntimeError`` becomes an :class:`UnsupportedModelError` naming the
+    module and the fix. Where no copy is made (in-place pruning, a captured export graph) they are analysed
+    like any other computation: the rules pin what the parametrization mixes (a weight norm's reduction)."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "parametrized modules" not in str(e) or not isinstance(model, nn.Module):
+            raise
+        for name, m in model.named_modules():
+            why = _parametrized(m)
+            if why:
+                raise UnsupportedModelError(f"{type(model).__name__} cannot be pruned into a copy: "
+                                            f"{_where(name, m)}: {why}") from e
+        raise
 
 
 def _own(t):

@@ -536,7 +536,9 @@ def prune(model: nn.Module, example_inputs, config: Optional[PruneConfig] = None
         >>> abs(fxprune.count_macs(half, x) / fxprune.count_macs(net, x) - 0.5) <= 0.01
         True
     """
-    with profiling(profile) as prof:
+    from ..checks.guard import explain_copy_failure
+
+    with profiling(profile) as prof, explain_copy_failure(model):
         result = _prune(model, example_inputs, config, example_kwargs, data, loss_fn, callback, check, progress,
                         inplace, options)
     attach_profile(result, prof)
