@@ -134,6 +134,22 @@ def test_search_latency_corrects_until_the_measured_ratio_is_within_tolerance():
     assert all(len(k) in staircase(g.size) for g, k in keep.items())
 
 
+def test_a_missed_latency_target_keeps_the_closest_try_that_is_not_slower():
+    net, x = _tiny()
+    dg = fxprune.analyze(net, x)
+    scores = fxprune.score_groups(dg, "l2")
+    cfg = fxprune.PruneConfig(target_latency=0.5, runtime="eager", threads=1)
+    ratios = iter([0.62, 0.44, 0.58, 0.57, 0.56, 0.55, 0.55, 0.55, 0.55, 0.55])
+
+    def measurer(keep):  # a noisy machine: only one try lands at or below the target
+        return 1.0, next(ratios)
+
+    with pytest.warns(UserWarning, match="not reached"):
+        _, report = search_latency(dg, scores, cfg, dg.groups, timer=_conv_timer, measurer=measurer,
+                                   dense_s=1e-6 * (3 * 32 + 32 * 32 + 32 * 8))
+    assert report.ratio == pytest.approx(0.44)
+
+
 def test_prune_to_latency_and_fast_widths_stay_exact(monkeypatch):
     monkeypatch.setattr("fxprune.speed.table.layer_timer", lambda rt: _conv_timer)
     net, x = _tiny()

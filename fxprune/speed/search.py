@@ -159,7 +159,10 @@ def search_latency(dg, scores: dict, cfg, allowed, timer: Optional[Callable] = N
         if abs(p / d - goal) <= cfg.latency_tolerance * goal:
             break
         aim = min(max(aim * goal / (p / d), 0.02), 1.0)
-    err, it, widths, d, p = min(tried, key=lambda t: t[0])
+    # a miss keeps the closest try that is not slower than asked: a noisy dense timing must not pull the
+    # result back towards the dense model (Note [Latency targets])
+    fast = [t for t in tried if t[4] / t[3] <= goal * (1 + cfg.latency_tolerance)]
+    err, it, widths, d, p = min(fast or tried, key=lambda t: t[0])
     report = LatencyReport(rt.name, rt.threads, d, p, goal * d, len(tried), table.build_s, table.measured,
                            len(table.used), table.path, table.used)
     if err > cfg.latency_tolerance:
