@@ -477,7 +477,9 @@ def _report(args, m: _Loaded, dg, res: _Pruned, before: _Before, t_analyze: floa
     if speed is not None:  # timed already, dense and pruned interleaved on the runtime
         lat = (speed.dense_s * 1e3, speed.pruned_s * 1e3)
         say(speed.summary())
-    elif args.latency_runs:
+    elif args.latency_runs and not res.inplace:
+        lat = _interleaved_ms(m, res, args)
+    elif args.latency_runs:  # the original is gone (pruned in place): its time was taken before
         lat = (before.latency, latency(res.model, m.args, kw, repeats=args.latency_runs)["median_ms"])
     shapes = (before.outputs, output_shapes(res.model, m.args, kw))
     if not args.quiet:
@@ -496,6 +498,19 @@ def _report(args, m: _Loaded, dg, res: _Pruned, before: _Before, t_analyze: floa
     summary = (f"{m.label}: {len(dg.groups)} groups{depth}, params {p0} -> {p1} ({p1 / p0:.1%}), "
                f"MACs {si(macs0)} -> {si(macs1)}{lat_s}, oracles {status}")
     return summary, (EXIT_OK if passed else EXIT_MISMATCH)
+
+
+def _interleaved_ms(m: _Loaded, res: _Pruned, args) -> tuple:
+    """Dense and pruned latency in ms, timed in alternation (Note [Interleaved timing] in
+    fxprune/speed/timing.py): timing one after the other on a shared machine once showed the demo's pruned
+    model at 154% of dense, where interleaved rounds give 88-93%."""
+    from ..capture.modes import eval_copy
+    from ..speed.timing import interleaved
+    dense, pruned = eval_copy(m.model), eval_copy(res.model)
+    calls = [lambda: dense(*m.args, **m.kwargs), lambda: pruned(*m.args, **m.kwargs)]
+    with torch.no_grad():
+        d, p = interleaved(calls, rounds=max(3, args.latency_runs // 4))
+    return d * 1e3, p * 1e3
 
 
 def _write_outputs(args, m: _Loaded, res: _Pruned, say, counts=None) -> None:

@@ -70,8 +70,8 @@ def print_tables(args, dg, res, t_analyze: float, cfg, counts: tuple, shapes: tu
     p0, macs0, p1, macs1 = before.count.params, before.count.macs, after.params, after.macs
     rows = [["parameters", p0, p1, f"{p1 / p0:.1%}"], ["MACs", macs0, macs1, f"{macs1 / macs0:.1%}" if macs0 else "-"]]
     if lat is not None:
-        rows.append([f"CPU latency ms (median of {args.latency_runs})", f"{lat[0]:.2f}", f"{lat[1]:.2f}",
-                     f"{lat[1] / lat[0]:.1%}"])
+        how = f"median of {args.latency_runs}" if res.inplace else "interleaved medians"
+        rows.append([f"CPU latency ms ({how})", f"{lat[0]:.2f}", f"{lat[1]:.2f}", f"{lat[1] / lat[0]:.1%}"])
     same = "same" if shapes[0] == shapes[1] else "CHANGED"
     rows.append(["output shapes", _short(shapes[0]), _short(shapes[1]), same])
     print(tabulate(rows, headers=["", "original", "pruned", "ratio"], disable_numparse=True))
