@@ -5,7 +5,7 @@ import json
 
 from ..io import atomic_write
 from .zoo import MissingPackageError
-from .table import envelope
+from ..speed.table import envelope
 
 __all__ = ["plot_latency"]
 
