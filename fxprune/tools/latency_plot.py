@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from ..io import atomic_write
-from .zoo import MissingPackageError
+from .plot import pyplot
 from ..speed.table import envelope
 
 __all__ = ["plot_latency"]
@@ -35,12 +35,7 @@ def plot_latency(table_path: str, path: str, point=None, title: str = "", most: 
     Raises:
         MissingPackageError: matplotlib is not installed (``pip install 'fxprune[plot]'``).
     """
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise MissingPackageError(f"--plot needs matplotlib ({e}): pip install 'fxprune[plot]'") from None
+    plt = pyplot()
     curves = _curves(table_path, most, kinds)
     fig, ax = plt.subplots(figsize=(7, 5))
     try:

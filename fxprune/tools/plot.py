@@ -17,12 +17,8 @@ def layer_widths(original: nn.Module, pruned: nn.Module) -> list:
             if p.dim() >= 2 and name in after and after[name].dim() == p.dim()]
 
 
-def plot_widths(original: nn.Module, pruned: nn.Module, path: str, title: str = "") -> int:
-    """Write the bar chart of :func:`layer_widths` to ``path`` (PNG, atomically); returns the layer count.
-
-    Raises:
-        MissingPackageError: matplotlib is not installed (``pip install 'fxprune[plot]'``).
-    """
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, or :class:`MissingPackageError` naming the extra."""
     try:
         import matplotlib
 
@@ -30,6 +26,16 @@ def plot_widths(original: nn.Module, pruned: nn.Module, path: str, title: str = 
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise MissingPackageError(f"--plot needs matplotlib ({e}): pip install 'fxprune[plot]'") from None
+    return plt
+
+
+def plot_widths(original: nn.Module, pruned: nn.Module, path: str, title: str = "") -> int:
+    """Write the bar chart of :func:`layer_widths` to ``path`` (PNG, atomically); returns the layer count.
+
+    Raises:
+        MissingPackageError: matplotlib is not installed (``pip install 'fxprune[plot]'``).
+    """
+    plt = pyplot()
     rows = layer_widths(original, pruned)
     names = [n.removesuffix(".weight") for n, _, _ in rows]
     xs = range(len(rows))
