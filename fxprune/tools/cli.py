@@ -443,8 +443,8 @@ def _measure_before(args, m: _Loaded, dg, cfg, say) -> _Before:
     elif not args.no_verify:
         say("fresh-analysis float64 oracles skipped: four float64 copies of this model do not fit the estimate "
             "(the certificate checks the pruning)")
-    if args.latency_runs:
-        say(f"timing CPU latency ({args.latency_runs} runs each, {torch.get_num_threads()} threads)")
+    if args.latency_runs and args.out and cfg.runtime is None:  # --out may prune in place: time the original now
+        say(f"timing CPU latency ({args.latency_runs} runs, {torch.get_num_threads()} threads)")
         before.latency = latency(m.model, m.args, kw, repeats=args.latency_runs)["median_ms"]
     return before
 
@@ -478,6 +478,7 @@ def _report(args, m: _Loaded, dg, res: _Pruned, before: _Before, t_analyze: floa
         lat = (speed.dense_s * 1e3, speed.pruned_s * 1e3)
         say(speed.summary())
     elif args.latency_runs and not res.inplace:
+        say(f"timing CPU latency (original and pruned interleaved, {torch.get_num_threads()} threads)")
         lat = _interleaved_ms(m, res, args)
     elif args.latency_runs:  # the original is gone (pruned in place): its time was taken before
         lat = (before.latency, latency(res.model, m.args, kw, repeats=args.latency_runs)["median_ms"])
