@@ -278,7 +278,7 @@ def _transaction(model: nn.Module, dg, pruned: fx.GraphModule, rtol: Optional[fl
                            "(parameters as inputs): use the returned GraphModule instead")
     tx = _Transaction(model)
     steps = default_steps(model) if steps is None else steps
-    try:
+    with undone_on_failure(tx, f"in-place pruning of {type(model).__name__}"):
         tx.plan = plan_sync(model, GraphArgs(dg.gm))
         tx.resized, tx.old_sizes, tx.constants = _swap_tensors(model, dg, pruned, tx)
         _set_graph_attrs(model, dg, pruned)
@@ -288,11 +288,18 @@ def _transaction(model: nn.Module, dg, pruned: fx.GraphModule, rtol: Optional[fl
         for step in steps:
             step.apply(tx)
         problem = _check(model, dg, pruned, rtol, steps)
+    return tx, steps, problem
+
+
+@contextmanager
+def undone_on_failure(tx, what: str):
+    """Restore ``tx`` on any exception (Ctrl-C too); an ``Exception`` becomes an
+    :class:`InPlaceMismatchError` saying ``what`` failed and was undone."""
+    try:
+        yield
     except Exception as e:
         tx.restore()
-        raise InPlaceMismatchError(f"in-place pruning of {type(model).__name__} failed and was undone: "
-                                   f"{type(e).__name__}: {_first_line(e)}") from e
+        raise InPlaceMismatchError(f"{what} failed and was undone: {type(e).__name__}: {_first_line(e)}") from e
     except BaseException:
         tx.restore()
         raise
-    return tx, steps, problem

@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch.nn as nn
 
-from .inplace import InPlaceMismatchError, _check, _first_line, _Transaction, _transaction
+from .inplace import InPlaceMismatchError, _check, _Transaction, _transaction, undone_on_failure
 from ..errors import FxPruneError
 
 __all__ = ["apply_inplace_depth", "removal_plan", "register_layer_step"]
@@ -113,12 +113,8 @@ def apply_inplace_depth(dg, width_graph, depth_graph, blocks, edit=None) -> nn.M
     if problem:
         tx.restore()
         raise InPlaceMismatchError(f"in-place pruning of {type(model).__name__} was undone: {problem}")
-    try:
+    with undone_on_failure(tx, f"removing blocks of {type(model).__name__} in place"):
         problem = _depth_transaction(model, dg, depth_graph, blocks)
-    except Exception as e:
-        tx.restore()
-        raise InPlaceMismatchError(f"removing blocks of {type(model).__name__} in place failed and was undone: "
-                                   f"{type(e).__name__}: {_first_line(e)}") from e
     if problem:
         tx.restore()
         raise InPlaceMismatchError(f"removing blocks of {type(model).__name__} in place was undone: {problem}. "
